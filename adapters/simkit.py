@@ -25,6 +25,22 @@ from aiohttp import web
 
 log = structlog.get_logger("simulator")
 
+SIM_PREFIX = web.AppKey("sim_prefix", str)
+"""The path a simulator app is mounted under (`/sim/bank`), set by `mount`."""
+
+
+def mount(parent: web.Application, adapter: str, sim_app: web.Application) -> None:
+    """Mount a simulator at `/sim/{adapter}` (inside the gateway or in a standalone process)."""
+    prefix = f"/sim/{adapter}"
+    sim_app[SIM_PREFIX] = prefix
+    parent.add_subapp(prefix, sim_app)
+
+
+def public_base(request: web.Request) -> str:
+    """Absolute URL of the simulator's root as the caller reached it, e.g.
+    `http://127.0.0.1:8080/sim/bank` (used to build payer-page URLs)."""
+    return f"{request.url.origin()}{request.app[SIM_PREFIX]}"
+
 
 class NotifyMode(enum.StrEnum):
     NORMAL = "normal"
@@ -172,6 +188,7 @@ class SimulatorCore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self.notifications_sent = 0
+        self.statement_faults = StatementFaults()
 
     # ---- faults -------------------------------------------------------------------------
     async def inject(self) -> FaultAction:
@@ -242,6 +259,7 @@ class SimulatorCore:
         app.router.add_put("/control/faults", self._put_faults)
         app.router.add_get("/control/faults", self._get_faults)
         app.router.add_get("/control/orders/{channel_order_id}", self._get_order)
+        app.router.add_put("/control/statement", self._put_statement_faults)
 
         async def _cleanup(_: web.Application) -> None:
             await self.aclose()
@@ -266,11 +284,59 @@ class SimulatorCore:
         view["notify"] = self.faults.notify.value
         return view
 
+    async def _put_statement_faults(self, request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            self.statement_faults = StatementFaults.parse(data)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(asdict(self.statement_faults))
+
     async def _get_order(self, request: web.Request) -> web.Response:
         order = self.orders.get(request.match_info["channel_order_id"])
         if order is None:
             return web.json_response({"error": "order not found"}, status=404)
         return web.json_response(order.view())
+
+
+@dataclass(slots=True)
+class StatementFaults:
+    """Discrepancies a simulator puts into its next statements, so that reconciliation can be
+    tested (`PUT /sim/{adapter}/control/statement`):
+
+    - `missing`: channel order ids left out of the statement;
+    - `extra`: lines the gateway never saw, `{"channel_order_id", "amount"}` (a paid payment);
+    - `amount`: `{channel_order_id: amount in minor units}` to report instead of the real one;
+    - `status`: `{channel_order_id: status}` in the channel's own vocabulary.
+    """
+
+    missing: list[str] = field(default_factory=list)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    amount: dict[str, int] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any) -> StatementFaults:
+        if not isinstance(data, dict) or set(data) - {"missing", "extra", "amount", "status"}:
+            raise ValueError("expected an object with missing, extra, amount and status")
+        missing = data.get("missing", [])
+        extra = data.get("extra", [])
+        amount = data.get("amount", {})
+        status = data.get("status", {})
+        if not isinstance(missing, list) or not all(isinstance(x, str) for x in missing):
+            raise ValueError("missing must be a list of channel order ids")
+        if not isinstance(extra, list) or not all(
+            isinstance(x, dict)
+            and isinstance(x.get("channel_order_id"), str)
+            and type(x.get("amount")) is int
+            for x in extra
+        ):
+            raise ValueError("extra must be a list of {channel_order_id, amount}")
+        if not isinstance(amount, dict) or not all(type(v) is int for v in amount.values()):
+            raise ValueError("amount must map channel order ids to integer amounts")
+        if not isinstance(status, dict) or not all(isinstance(v, str) for v in status.values()):
+            raise ValueError("status must map channel order ids to statuses")
+        return cls(missing=missing, extra=extra, amount=amount, status=status)
 
 
 async def read_payer_action(request: web.Request) -> str | None:
