@@ -180,6 +180,15 @@ class ChannelAdapter(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    def channel_order_id(self, payment_id: str, seq: int) -> str:
+        """The order id this channel will know attempt `seq` of a payment by. Channels whose
+        order ids allow fewer characters (UnionPay: 8-40 letters and digits) override it."""
+        return f"{payment_id}_{seq}"
+
+    def channel_refund_id(self, refund_id: str) -> str:
+        """The refund id this channel will know a refund by (see `channel_order_id`)."""
+        return refund_id
+
     @abc.abstractmethod
     async def create_payment(self, req: CreatePayment) -> ChannelResult: ...
 

@@ -1,0 +1,176 @@
+"""The merchant API (`/v1`): signed JSON requests, idempotent POSTs. Handlers only parse,
+call a service and render."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.context import Services, services
+from gateway.api.middleware import REQUEST_ID, problem_response
+from gateway.auth.authenticator import AuthenticatedMerchant
+from gateway.domain.models import CreatePaymentRequest, EmptyRequest
+from gateway.errors import ApiError, FieldError
+from gateway.services import idempotency
+
+log = structlog.get_logger("api")
+
+MAX_BODY = 64 * 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _field_message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "Unknown field."
+    if error["type"] == "missing":
+        return "This field is required."
+    return str(error["msg"])
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            FieldError(".".join(str(p) for p in e["loc"]) or "body", _field_message(e))
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        raise ApiError(400, "invalid_request", f"The request is invalid: {summary}", errors) from None
+
+
+def _decode_json(request: web.Request, body: bytes) -> Any:
+    if not body.strip():
+        return {}
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "Send the body as application/json."
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", "The body must be a JSON object.")
+    return data
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "payload_too_large", "The body is larger than 64 KiB.")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large", "The body is larger than 64 KiB.") from None
+
+
+Handler = Callable[[Services, AuthenticatedMerchant, web.Request, Any], Awaitable[web.Response]]
+
+
+def merchant_endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap a handler with body limits, signature verification, JSON decoding and, for POSTs
+    with an Idempotency-Key, the idempotency record."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        svc = services(request)
+        body = await _read_body(request)
+        merchant = await svc.authenticator.authenticate(
+            request.method, request.raw_path, body, request.headers.get("Authorization")
+        )
+        structlog.contextvars.bind_contextvars(merchant_id=merchant.merchant_id)
+        key = request.headers.get("Idempotency-Key")
+        if request.method != "POST" or key is None:
+            data = _decode_json(request, body) if request.method == "POST" else None
+            return await fn(svc, merchant, request, data)
+        idempotency.validate_key(key)
+        replay = await idempotency.begin(
+            svc.pool, merchant.merchant_id, key, request.method, request.raw_path, body
+        )
+        if replay is not None:
+            content_type = "application/problem+json" if replay.status >= 400 else "application/json"
+            return web.Response(
+                status=replay.status,
+                body=replay.body,
+                content_type=content_type,
+                headers={"Idempotent-Replayed": "true"},
+            )
+        try:
+            try:
+                response = await fn(svc, merchant, request, _decode_json(request, body))
+            except ApiError as exc:
+                response = problem_response(exc, request[REQUEST_ID])
+        except BaseException:
+            await idempotency.abandon(svc.pool, merchant.merchant_id, key)
+            raise
+        assert isinstance(response.body, bytes)
+        await idempotency.finish(
+            svc.pool, merchant.merchant_id, key, response.status, response.body
+        )
+        return response
+
+    return wrapper
+
+
+@merchant_endpoint
+async def create_payment(
+    svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: Any
+) -> web.Response:
+    req = parse_model(CreatePaymentRequest, data)
+    structlog.contextvars.bind_contextvars(merchant_order_id=req.merchant_order_id)
+    outcome = await svc.payments.create(merchant.merchant_id, req)
+    structlog.contextvars.bind_contextvars(payment_id=outcome.payment["id"])
+    return json_response(outcome.payment, 201 if outcome.created else 200)
+
+
+@merchant_endpoint
+async def get_payment(
+    svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: Any
+) -> web.Response:
+    return json_response(await svc.payments.get(merchant.merchant_id, request.match_info["id"]))
+
+
+@merchant_endpoint
+async def find_payment(
+    svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: Any
+) -> web.Response:
+    unknown = set(request.query) - {"merchant_order_id"}
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"Unknown query parameters: {', '.join(sorted(unknown))}.",
+            [FieldError(name, "Unknown parameter.") for name in sorted(unknown)],
+        )
+    order_id = request.query.get("merchant_order_id")
+    if not order_id:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "merchant_order_id is required.",
+            [FieldError("merchant_order_id", "This parameter is required.")],
+        )
+    return json_response(await svc.payments.get_by_order(merchant.merchant_id, order_id))
+
+
+@merchant_endpoint
+async def close_payment(
+    svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: Any
+) -> web.Response:
+    parse_model(EmptyRequest, data)
+    return json_response(await svc.payments.close(merchant.merchant_id, request.match_info["id"]))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/payments", create_payment)
+    app.router.add_get("/v1/payments", find_payment)
+    app.router.add_get("/v1/payments/{id}", get_payment)
+    app.router.add_post("/v1/payments/{id}/close", close_payment)

@@ -1,0 +1,78 @@
+"""Request ids, RFC 9457 problem answers for every error, metrics and timing."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import metrics, timing
+from gateway.errors import ApiError
+
+log = structlog.get_logger("http")
+
+REQUEST_ID = "request_id"
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_response(error: ApiError, request_id: str) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=orjson.dumps(error.problem(request_id)),
+        content_type="application/problem+json",
+        headers=error.headers,
+    )
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = "req_" + secrets.token_hex(12)
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    timing.start()
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = problem_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal_error")
+        detail = {
+            404: "No such resource.",
+            405: f"{request.method} is not allowed here.",
+            413: "The body is larger than 64 KiB.",
+        }.get(exc.status, exc.reason)
+        response = problem_response(ApiError(exc.status, code, detail), request_id)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = problem_response(
+            ApiError(500, "internal_error", "Something went wrong on our side."), request_id
+        )
+    response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    channel_s = timing.channel_time()
+    response.headers["X-Gateway-Overhead-Ms"] = f"{(elapsed - channel_s) * 1000:.2f}"
+    route = _route_name(request)
+    metrics.REQUESTS.labels(route=route, method=request.method, status=str(response.status)).inc()
+    metrics.REQUEST_LATENCY.labels(route=route).observe(elapsed)
+    return response

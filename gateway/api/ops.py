@@ -1,0 +1,59 @@
+"""Operational endpoints: /healthz, /readyz, /metrics, /openapi.json."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api.context import services
+from gateway.api.openapi import openapi_document
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = services(request)
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            await svc.pool.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        async with asyncio.timeout(2):
+            await svc.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    routing = svc.channels.holder
+    checks["routing"] = f"ok ({routing.current.version})"
+    ready = all(v.startswith("ok") for v in checks.values())
+    return web.Response(
+        status=200 if ready else 503,
+        body=orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks}),
+        content_type="application/json",
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def openapi(request: web.Request) -> web.Response:
+    svc = services(request)
+    return web.json_response(openapi_document(svc.settings.effective_public_url))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi)

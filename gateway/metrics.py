@@ -1,0 +1,54 @@
+"""Prometheus metrics (one registry per process, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "gateway_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHANNEL_CALLS = Counter(
+    "gateway_channel_calls_total", "Calls to channels", ["channel", "operation", "outcome"]
+)
+CHANNEL_LATENCY = Histogram(
+    "gateway_channel_call_seconds", "Channel call latency", ["channel", "operation"]
+)
+ROUTING_DECISIONS = Counter(
+    "gateway_routing_decisions_total", "Routing decisions", ["rule", "channel"]
+)
+FAILOVERS = Counter("gateway_failovers_total", "Attempts failed over", ["channel"])
+PAYMENT_TRANSITIONS = Counter(
+    "gateway_payment_transitions_total", "Payment state changes", ["status"]
+)
+NOTIFICATIONS = Counter(
+    "gateway_channel_notifications_total", "Channel notifications", ["channel", "result"]
+)
+LATE_PAYMENTS = Counter(
+    "gateway_late_payments_total",
+    "Payments the channel reports paid after the gateway closed or failed them",
+    ["channel"],
+)
+AMOUNT_MISMATCHES = Counter(
+    "gateway_channel_amount_mismatches_total",
+    "Notifications whose amount differs from the payment's",
+    ["channel"],
+)
+CALLBACK_ATTEMPTS = Counter(
+    "gateway_callback_attempts_total", "Callback delivery attempts", ["outcome"]
+)
+CALLBACK_LATENCY = Histogram("gateway_callback_attempt_seconds", "Callback attempt latency")
+CALLBACK_QUEUE = Gauge("gateway_callback_queue_depth", "Callback deliveries due now")
+CALLBACK_OLDEST_AGE = Gauge(
+    "gateway_callback_oldest_due_seconds", "Age of the oldest due callback delivery"
+)
+ROUTING_RELOAD_FAILURES = Counter(
+    "gateway_routing_reload_failures_total", "Routing files refused on reload"
+)
+ROUTING_VERSION = Gauge("gateway_routing_info", "The routing version in force", ["version"])
+AUTH_FAILURES = Counter("gateway_auth_failures_total", "Refused signatures", ["code"])

@@ -1,0 +1,101 @@
+"""The channels in force: the routing rules (hot-reloaded), one adapter per configured channel,
+and the shared health (circuit breakers, success windows) that routing consults."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from adapters.base import AdapterContext, ChannelAdapter
+from adapters.registry import build_adapter
+from gateway.channel_health import ChannelHealthStore
+from routing.engine import PaymentFacts, RouteDecision, route
+from routing.loader import LoadedRouting, RoutingHolder
+
+log = structlog.get_logger("channels")
+
+
+class ChannelRegistry:
+    def __init__(
+        self,
+        holder: RoutingHolder,
+        ctx: AdapterContext,
+        health: ChannelHealthStore,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.holder = holder
+        self._ctx = ctx
+        self.health = health
+        self._rng = rng or random.Random()  # noqa: S311 - routing, not security
+        self._adapters: dict[str, ChannelAdapter] = {}
+        self._built_for: dict[str, tuple[str, Any]] = {}
+        self.sync_adapters()
+
+    @property
+    def routing(self) -> LoadedRouting:
+        return self.holder.current
+
+    def sync_adapters(self) -> None:
+        """(Re)build adapters whose channel configuration changed. Adapters of channels that
+        left the file are kept: their pending payments still get notifications and syncs."""
+        for name, channel in self.holder.current.config.channels.items():
+            signature = (channel.adapter, channel.config)
+            if self._built_for.get(name) == signature:
+                continue
+            try:
+                self._adapters[name] = build_adapter(
+                    channel.adapter, name, channel.config, self._ctx
+                )
+            except Exception as exc:  # an adapter refusing its config must not stop the rest
+                log.error("adapter_build_failed", channel=name, error=str(exc))
+                continue
+            self._built_for[name] = signature
+
+    def reload(self) -> bool:
+        changed = self.holder.reload()
+        if changed:
+            self.sync_adapters()
+            log.info("routing_reloaded", version=self.holder.current.version)
+        return changed
+
+    def adapter(self, channel: str) -> ChannelAdapter | None:
+        return self._adapters.get(channel)
+
+    def channel_names(self) -> list[str]:
+        return list(self._adapters)
+
+    async def decide(
+        self,
+        *,
+        method: str,
+        amount: int,
+        currency: str,
+        merchant_id: str,
+        metadata: dict[str, str],
+    ) -> RouteDecision:
+        loaded = self.holder.current
+        names = list(loaded.config.channels)
+        health, stats = await self.health.snapshot(names)
+        facts = PaymentFacts(
+            method=method,
+            amount=amount,
+            currency=currency,
+            merchant_id=merchant_id,
+            metadata=metadata,
+            now=datetime.now(UTC),
+        )
+        return route(loaded, facts, health, stats, self._rng)
+
+    async def record(self, channel: str, success: bool) -> None:
+        settings = self.holder.current.config.settings
+        try:
+            await self.health.record(channel, success, datetime.now(UTC), settings)
+        except Exception as exc:  # health is advisory: never fail a payment over it
+            log.warning("channel_health_record_failed", channel=channel, error=repr(exc))
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            await adapter.aclose()

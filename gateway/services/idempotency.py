@@ -1,0 +1,71 @@
+"""Idempotency-Key handling (API.md §1.3) around any merchant POST."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from gateway.errors import ApiError
+from gateway.store import idempotency as store
+from gateway.store.db import Pool
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    status: int
+    body: bytes
+
+
+def validate_key(key: str) -> None:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(0x20 <= ord(c) <= 0x7E for c in key):
+        raise ApiError(
+            400,
+            "invalid_request",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+        )
+
+
+def request_hash(method: str, path: str, body: bytes) -> bytes:
+    return hashlib.sha256(method.encode() + b"\n" + path.encode() + b"\n" + body).digest()
+
+
+async def begin(
+    pool: Pool, merchant_id: str, key: str, method: str, path: str, body: bytes
+) -> Replay | None:
+    """Claim the key for this request. None: go ahead (and call `finish` or `abandon`).
+    A Replay: answer with the stored response. Raises 422 / 409 per the contract."""
+    digest = request_hash(method, path, body)
+    existing = await store.claim(pool, merchant_id, key, method, path, digest)
+    if existing is None:
+        return None
+    if (
+        existing["method"] != method
+        or existing["path"] != path
+        or bytes(existing["request_hash"]) != digest
+    ):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with a different request.",
+        )
+    if existing["state"] == "in_flight":
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            "A request with this Idempotency-Key is still being processed.",
+            headers={"Retry-After": "1"},
+        )
+    return Replay(existing["response_status"], bytes(existing["response_body"]))
+
+
+async def finish(pool: Pool, merchant_id: str, key: str, status: int, body: bytes) -> None:
+    if status >= 500:
+        await store.release(pool, merchant_id, key)
+    else:
+        await store.complete(pool, merchant_id, key, status, body)
+
+
+async def abandon(pool: Pool, merchant_id: str, key: str) -> None:
+    await store.release(pool, merchant_id, key)

@@ -1,0 +1,563 @@
+"""Payments: create (route, attempt, fail over), query, close, and applying what channels say.
+
+Every change of a payment's status happens in one transaction under the payment's row lock,
+checked against the state machine, together with the event and callback rows it causes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from adapters.base import (
+    ChannelAdapter,
+    ChannelResult,
+    CreatePayment,
+    Decision,
+    Notification,
+    NotificationKind,
+    Outcome,
+)
+from gateway import metrics, timing
+from gateway.domain.ids import new_id
+from gateway.domain.models import CreatePaymentRequest, event_body, payment_view
+from gateway.domain.states import (
+    EVENT_FOR_PAYMENT_STATUS,
+    AttemptStatus,
+    PaymentStatus,
+    attempt_can,
+    attempt_is_open,
+    payment_can,
+)
+from gateway.errors import ApiError, not_found
+from gateway.services.channels import ChannelRegistry
+from gateway.store import payments as store
+from gateway.store.db import Connection, Pool
+
+log = structlog.get_logger("payments")
+
+CREATING_WAIT_S = 10.0
+"""How long a duplicate create waits for the first one's channel call to finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcome:
+    payment: dict[str, Any]
+    created: bool
+
+
+class PaymentService:
+    def __init__(
+        self,
+        pool: Pool,
+        channels: ChannelRegistry,
+        public_url: str,
+        sync_schedule: tuple[float, ...],
+    ) -> None:
+        self.pool = pool
+        self.channels = channels
+        self.public_url = public_url
+        self.sync_schedule = sync_schedule
+
+    def notify_url(self, channel: str) -> str:
+        return f"{self.public_url}/notify/{channel}"
+
+    # ---- create ---------------------------------------------------------------------------
+    async def create(self, merchant_id: str, req: CreatePaymentRequest) -> CreateOutcome:
+        existing = await store.get_payment_by_order(self.pool, merchant_id, req.merchant_order_id)
+        if existing is not None:
+            return CreateOutcome(await self._existing(existing, req), created=False)
+
+        decision = await self.channels.decide(
+            method=req.method,
+            amount=req.amount,
+            currency=req.currency,
+            merchant_id=merchant_id,
+            metadata=dict(req.metadata),
+        )
+        candidates = [c for c in decision.candidates if self.channels.adapter(c.channel)]
+        if not candidates:
+            if decision.all_circuits_open:
+                raise ApiError(
+                    503,
+                    "channel_unavailable",
+                    "Every channel that could take this payment is out of service; "
+                    "nothing was created. Retry later.",
+                    headers={"Retry-After": "30"},
+                )
+            raise ApiError(
+                422,
+                "no_route",
+                f"No channel takes {req.method} payments of {req.amount} {req.currency}.",
+            )
+        max_attempts = decision_max_attempts(self.channels, len(candidates))
+        candidates = candidates[:max_attempts]
+        metrics.ROUTING_DECISIONS.labels(rule=decision.rule, channel=candidates[0].channel).inc()
+
+        now = datetime.now(UTC)
+        payment_id = new_id("pay")
+        first = candidates[0]
+        adapter = self.channels.adapter(first.channel)
+        assert adapter is not None
+        attempt = {
+            "id": new_id("att"),
+            "payment_id": payment_id,
+            "seq": 1,
+            "channel": first.channel,
+            "adapter": adapter.adapter,
+            "channel_order_id": adapter.channel_order_id(payment_id, 1),
+            "routing_rule": decision.rule,
+            "routing_version": decision.version,
+        }
+        row = await store.insert_payment_with_attempt(
+            self.pool,
+            {
+                "id": payment_id,
+                "merchant_id": merchant_id,
+                "merchant_order_id": req.merchant_order_id,
+                "amount": req.amount,
+                "currency": req.currency,
+                "method": req.method,
+                "description": req.description,
+                "notify_url": req.notify_url,
+                "metadata": dict(req.metadata),
+                "payer": req.payer.model_dump(exclude_none=True) if req.payer else None,
+                "expires_at": now + timedelta(seconds=req.expires_in),
+            },
+            attempt,
+        )
+        if row is None:  # a concurrent request with the same merchant_order_id won the insert
+            existing = await store.get_payment_by_order(
+                self.pool, merchant_id, req.merchant_order_id
+            )
+            assert existing is not None
+            return CreateOutcome(await self._existing(existing, req), created=False)
+
+        for index, candidate in enumerate(candidates):
+            adapter = self.channels.adapter(candidate.channel)
+            assert adapter is not None
+            if index > 0:
+                attempt = await self._failover_attempt(
+                    payment_id, index + 1, candidate.channel, adapter, decision
+                )
+            result = await self._call_create(adapter, attempt, row, req)
+            final = await self._apply_create_result(row, attempt, adapter, result)
+            if final is not None:
+                return CreateOutcome(payment_view(final), created=True)
+            log.warning(
+                "payment_failover",
+                payment_id=payment_id,
+                channel=candidate.channel,
+                code=result.channel_code,
+            )
+            metrics.FAILOVERS.labels(channel=candidate.channel).inc()
+
+        # every attempt failed over: the payment fails as channel_unavailable
+        final = await self.transition(
+            payment_id,
+            PaymentStatus.FAILED,
+            failure=("channel_unavailable", "Every eligible channel failed; nothing was charged."),
+        )
+        return CreateOutcome(payment_view(final), created=True)
+
+    async def _existing(self, row: Any, req: CreatePaymentRequest) -> dict[str, Any]:
+        if (row["amount"], row["currency"], row["method"]) != (
+            req.amount,
+            req.currency,
+            req.method,
+        ):
+            raise ApiError(
+                409,
+                "duplicate_merchant_order_id",
+                f"merchant_order_id {req.merchant_order_id!r} is already used by a payment "
+                "with a different amount, currency or method.",
+                extra={"payment_id": row["id"]},
+            )
+        # the first request may still be talking to the channel: wait briefly for its answer,
+        # so that every duplicate sees the payer's next action too
+        deadline = asyncio.get_running_loop().time() + CREATING_WAIT_S
+        while row["status"] == "pending" and row["next_action"] is None:
+            attempt = await store.current_attempt(self.pool, row["id"])
+            if attempt is None or attempt["status"] != AttemptStatus.CREATING:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+            fresh = await store.get_payment(self.pool, row["merchant_id"], row["id"])
+            assert fresh is not None
+            row = fresh
+        return payment_view(row)
+
+    async def _failover_attempt(
+        self, payment_id: str, seq: int, channel: str, adapter: ChannelAdapter, decision: Any
+    ) -> dict[str, Any]:
+        attempt = {
+            "id": new_id("att"),
+            "payment_id": payment_id,
+            "seq": seq,
+            "channel": channel,
+            "adapter": adapter.adapter,
+            "channel_order_id": adapter.channel_order_id(payment_id, seq),
+            "routing_rule": decision.rule,
+            "routing_version": decision.version,
+        }
+        async with self.pool.acquire() as conn, conn.transaction():
+            payment = await store.lock_payment(conn, payment_id)
+            assert payment is not None
+            await store.insert_attempt(conn, attempt)
+            await store.update_payment(
+                conn,
+                payment_id,
+                channel=channel,
+                channel_order_id=attempt["channel_order_id"],
+                attempt_count=seq,
+            )
+        return attempt
+
+    async def _call_create(
+        self, adapter: ChannelAdapter, attempt: dict[str, Any], row: Any, req: CreatePaymentRequest
+    ) -> ChannelResult:
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await adapter.create_payment(
+                CreatePayment(
+                    channel_order_id=attempt["channel_order_id"],
+                    amount=row["amount"],
+                    currency=row["currency"],
+                    method=row["method"],
+                    description=row["description"],
+                    notify_url=self.notify_url(attempt["channel"]),
+                    expires_at=row["expires_at"],
+                    payer_ip=req.payer.ip if req.payer else None,
+                )
+            )
+        except Exception as exc:  # an adapter bug must not leave the outcome unrecorded
+            log.exception("adapter_create_crashed", channel=attempt["channel"])
+            result = ChannelResult(
+                outcome=Outcome.UNKNOWN, channel_code="ADAPTER_ERROR", channel_message=repr(exc)
+            )
+        elapsed = asyncio.get_running_loop().time() - started
+        timing.add_channel_time(elapsed)
+        metrics.CHANNEL_CALLS.labels(
+            channel=attempt["channel"], operation="create", outcome=result.outcome.value
+        ).inc()
+        metrics.CHANNEL_LATENCY.labels(channel=attempt["channel"], operation="create").observe(
+            elapsed
+        )
+        healthy = result.outcome not in (Outcome.SYSTEM_ERROR, Outcome.UNKNOWN)
+        await self.channels.record(attempt["channel"], healthy)
+        return result
+
+    async def _apply_create_result(
+        self, row: Any, attempt: dict[str, Any], adapter: ChannelAdapter, result: ChannelResult
+    ) -> Any | None:
+        """Record what the channel said about a new order. Returns the payment row when this
+        attempt settles the create, or None to fail over to the next candidate."""
+        payment_id = row["id"]
+        if result.outcome is Outcome.WAITING:
+            next_action = (
+                {"type": result.next_action.type, "url": result.next_action.url}
+                if result.next_action
+                else None
+            )
+            updated = await store.mark_attempt_waiting(
+                self.pool,
+                attempt["id"],
+                payment_id,
+                next_action,
+                result.channel_trade_no,
+                result.channel_code,
+                self._next_sync_at(0),
+            )
+            if updated is not None:
+                return updated
+            # a notification settled it first: answer with what is stored now
+            return await store.get_payment(self.pool, row["merchant_id"], payment_id)
+        if result.outcome is Outcome.SUCCEEDED:
+            return await self.apply_channel_result(
+                attempt["channel"], attempt["channel_order_id"], result
+            )
+        if result.outcome is Outcome.UNKNOWN:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.lock_payment(conn, payment_id)
+                current = await store.attempt_by_channel_order(
+                    conn, attempt["channel"], attempt["channel_order_id"]
+                )
+                if current is not None and current["status"] == AttemptStatus.CREATING:
+                    await store.update_attempt(
+                        conn,
+                        attempt["id"],
+                        status=AttemptStatus.UNKNOWN.value,
+                        channel_code=result.channel_code,
+                        channel_message=result.channel_message,
+                        next_sync_at=self._next_sync_at(0),
+                    )
+            return await store.get_payment(self.pool, row["merchant_id"], payment_id)
+        if result.outcome is Outcome.SYSTEM_ERROR and result.decision is Decision.FAILOVER:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.lock_payment(conn, payment_id)
+                await store.update_attempt(
+                    conn,
+                    attempt["id"],
+                    status=AttemptStatus.FAILED_OVER.value,
+                    channel_code=result.channel_code,
+                    channel_message=result.channel_message,
+                    decision=result.decision.value,
+                )
+            return None
+        # a definitive refusal (or a system error the table calls final)
+        code = result.channel_code or "channel_declined"
+        return await self.transition(
+            payment_id,
+            PaymentStatus.FAILED,
+            attempt_id=attempt["id"],
+            attempt_status=AttemptStatus.FAILED,
+            result=result,
+            failure=(code, result.channel_message or "The channel declined the payment."),
+        )
+
+    def _next_sync_at(self, sync_count: int) -> datetime:
+        delays = self.sync_schedule
+        delay = delays[min(sync_count, len(delays) - 1)]
+        return datetime.now(UTC) + timedelta(seconds=delay)
+
+    # ---- state changes --------------------------------------------------------------------
+    async def transition(
+        self,
+        payment_id: str,
+        target: PaymentStatus,
+        *,
+        attempt_id: str | None = None,
+        attempt_status: AttemptStatus | None = None,
+        result: ChannelResult | None = None,
+        failure: tuple[str, str] | None = None,
+        conn: Connection | None = None,
+    ) -> Any:
+        """Move a payment (and optionally one attempt) to a new state under the row lock,
+        writing the event and its deliveries in the same transaction. A transition the state
+        machine does not allow changes nothing and returns the row as it is."""
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self._transition(
+                    own, payment_id, target, attempt_id, attempt_status, result, failure
+                )
+        return await self._transition(
+            conn, payment_id, target, attempt_id, attempt_status, result, failure
+        )
+
+    async def _transition(
+        self,
+        conn: Connection,
+        payment_id: str,
+        target: PaymentStatus,
+        attempt_id: str | None,
+        attempt_status: AttemptStatus | None,
+        result: ChannelResult | None,
+        failure: tuple[str, str] | None,
+    ) -> Any:
+        payment = await store.lock_payment(conn, payment_id)
+        assert payment is not None
+        if attempt_id is not None and attempt_status is not None:
+            attempt = await conn.fetchrow(
+                "SELECT status FROM payment_attempts WHERE id = $1", attempt_id
+            )
+            if attempt is not None and attempt_can(attempt["status"], attempt_status):
+                await store.update_attempt(
+                    conn,
+                    attempt_id,
+                    status=attempt_status.value,
+                    channel_code=result.channel_code if result else None,
+                    channel_message=result.channel_message if result else None,
+                    decision=result.decision.value if result else None,
+                    channel_trade_no=result.channel_trade_no if result else None,
+                    next_sync_at=None,
+                )
+        if not payment_can(payment["status"], target):
+            return payment
+        now = datetime.now(UTC)
+        changes: dict[str, Any] = {"status": target.value}
+        if target is PaymentStatus.SUCCEEDED:
+            changes["paid_at"] = (result.paid_at if result and result.paid_at else now)
+            if result and result.channel_trade_no:
+                changes["channel_trade_no"] = result.channel_trade_no
+        if target is PaymentStatus.CLOSED:
+            changes["closed_at"] = now
+        if failure is not None:
+            changes["failure_code"], changes["failure_message"] = failure
+        updated = await store.update_payment(conn, payment_id, **changes)
+        event_type = EVENT_FOR_PAYMENT_STATUS[target]
+        event_id = new_id("evt")
+        view = payment_view(updated)
+        await store.insert_event(
+            conn,
+            event_id=event_id,
+            merchant_id=updated["merchant_id"],
+            event_type=event_type,
+            payment_id=payment_id,
+            refund_id=None,
+            payload=event_body(event_id, event_type, now, view),
+            created_at=now,
+            notify_url=updated["notify_url"],
+        )
+        metrics.PAYMENT_TRANSITIONS.labels(status=target.value).inc()
+        log.info(
+            "payment_transition",
+            payment_id=payment_id,
+            merchant_id=updated["merchant_id"],
+            status=target.value,
+            event_id=event_id,
+        )
+        return updated
+
+    async def apply_channel_result(
+        self, channel: str, channel_order_id: str, result: ChannelResult
+    ) -> Any | None:
+        """Apply what a channel established about one of its orders (from a notification or a
+        query), exactly once: all under the payment's row lock, checked against the state
+        machines. Returns the payment row, or None for an order we do not know."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
+            if attempt is None:
+                return None
+            payment = await store.lock_payment(conn, attempt["payment_id"])
+            assert payment is not None
+            # re-read the attempt under the payment's lock
+            attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
+            assert attempt is not None
+            if result.outcome is Outcome.SUCCEEDED:
+                if payment["status"] != PaymentStatus.PENDING and payment["status"] != (
+                    PaymentStatus.SUCCEEDED
+                ):
+                    # paid at the channel after we closed or failed it: an operator matter
+                    log.error(
+                        "late_payment_after_final_state",
+                        payment_id=payment["id"],
+                        status=payment["status"],
+                        channel=channel,
+                        channel_order_id=channel_order_id,
+                    )
+                    metrics.LATE_PAYMENTS.labels(channel=channel).inc()
+                if (
+                    result.amount is not None
+                    and result.amount != payment["amount"]
+                    and payment["status"] == PaymentStatus.PENDING
+                ):
+                    log.error(
+                        "channel_amount_mismatch",
+                        payment_id=payment["id"],
+                        expected=payment["amount"],
+                        reported=result.amount,
+                    )
+                    metrics.AMOUNT_MISMATCHES.labels(channel=channel).inc()
+                    return payment
+                return await self._transition(
+                    conn,
+                    payment["id"],
+                    PaymentStatus.SUCCEEDED,
+                    attempt["id"],
+                    AttemptStatus.SUCCEEDED,
+                    result,
+                    None,
+                )
+            if result.outcome is Outcome.FAILED:
+                latest = await store.current_attempt(conn, payment["id"])
+                is_latest = latest is not None and latest["id"] == attempt["id"]
+                if not is_latest or not attempt_is_open(attempt["status"]):
+                    return payment
+                code = result.channel_code or "channel_declined"
+                return await self._transition(
+                    conn,
+                    payment["id"],
+                    PaymentStatus.FAILED,
+                    attempt["id"],
+                    AttemptStatus.FAILED,
+                    result,
+                    (code, result.channel_message or "The payment failed at the channel."),
+                )
+            if result.outcome is Outcome.WAITING and attempt["status"] in (
+                AttemptStatus.CREATING,
+                AttemptStatus.UNKNOWN,
+            ):
+                await store.update_attempt(
+                    conn,
+                    attempt["id"],
+                    status=AttemptStatus.WAITING.value,
+                    channel_code=result.channel_code,
+                )
+            return payment
+
+    async def apply_notification(self, channel: str, notification: Notification) -> bool:
+        """Apply a verified channel notification. Returns False when it concerns an order we
+        do not know (the channel will be asked to send it again)."""
+        if notification.kind is not NotificationKind.PAYMENT:
+            return False  # refunds are applied by the refund service
+        row = await self.apply_channel_result(
+            channel, notification.channel_order_id, notification.result
+        )
+        return row is not None
+
+    # ---- query and close ------------------------------------------------------------------
+    async def get(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
+        row = await store.get_payment(self.pool, merchant_id, payment_id)
+        if row is None:
+            raise not_found("payment")
+        return payment_view(row)
+
+    async def get_by_order(self, merchant_id: str, merchant_order_id: str) -> dict[str, Any]:
+        row = await store.get_payment_by_order(self.pool, merchant_id, merchant_order_id)
+        if row is None:
+            raise not_found("payment")
+        return payment_view(row)
+
+    async def close(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
+        row = await store.get_payment(self.pool, merchant_id, payment_id)
+        if row is None:
+            raise not_found("payment")
+        if row["status"] == PaymentStatus.CLOSED:
+            return payment_view(row)
+        if row["status"] != PaymentStatus.PENDING:
+            raise ApiError(
+                409, "invalid_state", f"A {row['status']} payment cannot be closed."
+            )
+        attempt = await store.current_attempt(self.pool, payment_id)
+        assert attempt is not None
+        adapter = self.channels.adapter(attempt["channel"])
+        if adapter is not None and attempt["status"] != AttemptStatus.FAILED_OVER:
+            result = await adapter.close_payment(attempt["channel_order_id"])
+            metrics.CHANNEL_CALLS.labels(
+                channel=attempt["channel"], operation="close", outcome=result.outcome.value
+            ).inc()
+            if result.outcome is not Outcome.SUCCEEDED:
+                # the channel would not close it: it may have been paid meanwhile
+                query = await adapter.query_payment(attempt["channel_order_id"])
+                if query.outcome is Outcome.SUCCEEDED:
+                    await self.apply_channel_result(
+                        attempt["channel"], attempt["channel_order_id"], query
+                    )
+                    raise ApiError(
+                        409, "invalid_state", "The payment succeeded and cannot be closed."
+                    )
+                if query.outcome is not Outcome.FAILED:
+                    raise ApiError(
+                        503,
+                        "channel_unavailable",
+                        "The channel could not close the payment now; retry later.",
+                        headers={"Retry-After": "5"},
+                    )
+        updated = await self.transition(
+            payment_id,
+            PaymentStatus.CLOSED,
+            attempt_id=attempt["id"],
+            attempt_status=AttemptStatus.CLOSED,
+        )
+        if updated["status"] == PaymentStatus.SUCCEEDED:
+            raise ApiError(409, "invalid_state", "The payment succeeded and cannot be closed.")
+        return payment_view(updated)
+
+
+def decision_max_attempts(channels: ChannelRegistry, available: int) -> int:
+    settings = channels.routing.config.settings
+    return max(1, min(int(settings.max_attempts), available))

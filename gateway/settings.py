@@ -1,0 +1,85 @@
+"""Settings from `GATEWAY_*` environment variables (and an optional `gateway.env` file),
+API.md §4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+DEFAULT_SYNC_SCHEDULE = (10, 30, 60, 300, 900, 1800, 3600)
+
+
+def _parse_schedule(value: object) -> object:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts:
+            raise ValueError("a schedule needs at least one delay in seconds")
+        try:
+            delays = tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError("a schedule is comma-separated seconds, e.g. 5,300,1800") from None
+        if any(d <= 0 for d in delays):
+            raise ValueError("every delay in a schedule must be positive")
+        return delays
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file="gateway.env", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = None
+    """PostgreSQL URL; unset means the embedded PostgreSQL under `var_dir`."""
+    redis_url: str | None = None
+    """Redis URL; unset means the embedded Redis under `var_dir`."""
+    redis_prefix: str = "gw:"
+    """Prefix of every Redis key this gateway writes (tests give each run its own)."""
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None
+    """The URL channels and payers reach this gateway at; default http://host:port."""
+    routing_file: Path = Path("config/routing.yaml")
+    config_dir: Path = Path("config")
+    """Where adapter keys and certificates named in the routing file are resolved."""
+    master_key: SecretStr | None = None
+    """32 random bytes, URL-safe base64: encrypts merchants' secrets at rest."""
+    admin_token: SecretStr | None = None
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = tuple(
+        float(x) for x in DEFAULT_WEBHOOK_RETRY_SCHEDULE
+    )
+    sync_schedule: Annotated[tuple[float, ...], NoDecode] = tuple(
+        float(x) for x in DEFAULT_SYNC_SCHEDULE
+    )
+    simulators: bool = False
+    sim_notify_time_scale: float = Field(1.0, gt=0)
+    callback_allow_private: bool = False
+    callback_timeout_s: float = Field(10.0, gt=0)
+    var_dir: Path = Path("var")
+    log_level: str = "info"
+    log_json: bool = True
+    db_pool_min: int = Field(2, ge=1)
+    db_pool_max: int = Field(20, ge=1)
+    routing_poll_s: float = Field(1.0, gt=0)
+    dispatcher_poll_s: float = Field(1.0, gt=0)
+    dispatcher_concurrency: int = Field(32, ge=1)
+    key_cache_ttl_s: float = Field(5.0, ge=0)
+    """How long a verified merchant key stays cached in the process: a revoked key may still
+    be accepted for this long."""
+    background: bool = True
+    """Run the background workers (callback dispatcher, routing reload) in this process."""
+
+    _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
+        _parse_schedule
+    )
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
