@@ -27,6 +27,8 @@ from gateway.channel_health import ChannelHealthStore
 from gateway.services.callbacks import CallbackDispatcher
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
+from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
 from gateway.store.db import create_pool, migrate
@@ -90,6 +92,12 @@ def _lifecycle(
         payments = PaymentService(
             pool, channels, settings.effective_public_url, settings.sync_schedule
         )
+        refunds = RefundService(
+            pool, channels, settings.effective_public_url, settings.sync_schedule
+        )
+        sync = StatusSync(
+            pool, channels, payments, refunds, settings.sync_schedule, poll_s=settings.sync_poll_s
+        )
         dispatcher = CallbackDispatcher(
             pool,
             box,
@@ -109,12 +117,15 @@ def _lifecycle(
             ),
             channels=channels,
             payments=payments,
+            refunds=refunds,
+            sync=sync,
             dispatcher=dispatcher,
         )
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         if settings.background:
             tasks.append(asyncio.create_task(dispatcher.run(stop), name="callback-dispatcher"))
+            tasks.append(asyncio.create_task(sync.run(stop), name="status-sync"))
             tasks.append(
                 asyncio.create_task(
                     _every(settings.routing_poll_s, stop, _reload(channels)), name="routing"

@@ -137,7 +137,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from routing.loader import RoutingError, load_routing
 
     if args.routes_cmd == "check":
-        ok, text = check_text(args.file)
+        from gateway.app import routing_env
+
+        ok, text = check_text(args.file, routing_env(_settings()))
         print(text)
         return 0 if ok else 1
     settings = _settings()
@@ -165,7 +167,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
         metadata=metadata,
         now=datetime.now(UTC),
     )
-    decision = route(loaded, facts, {}, {}, random.Random(args.seed))  # noqa: S311
+    decision = route(loaded, facts, {}, {}, random.Random(args.seed))
     print(explain_text(decision, loaded))
     return 0 if decision.candidates else 1
 
@@ -260,9 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run the gateway").set_defaults(fn=cmd_serve)
-    sub.add_parser("demo", help="run with simulators and a demo merchant").set_defaults(
-        fn=cmd_demo
-    )
+    sub.add_parser("demo", help="run with simulators and a demo merchant").set_defaults(fn=cmd_demo)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
 
     sims = sub.add_parser("simulators", help="run the channel simulators standalone")

@@ -16,7 +16,9 @@ _SENSITIVE = re.compile(
     r"card_number|cvv|whsec)",
     re.IGNORECASE,
 )
-_SECRET_VALUE = re.compile(r"(whsec_[A-Za-z0-9+/=]+|sk_[A-Za-z0-9_-]{16,}|-----BEGIN [A-Z ]*PRIVATE KEY-----)")
+_SECRET_VALUE = re.compile(
+    r"(whsec_[A-Za-z0-9+/=]+|sk_[A-Za-z0-9_-]{16,}|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
+)
 REDACTED = "[redacted]"
 
 

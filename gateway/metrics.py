@@ -52,3 +52,5 @@ ROUTING_RELOAD_FAILURES = Counter(
 )
 ROUTING_VERSION = Gauge("gateway_routing_info", "The routing version in force", ["version"])
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Refused signatures", ["code"])
+SYNC_BACKLOG = Gauge("gateway_sync_backlog", "Open attempts due for a status query")
+EXPIRED = Counter("gateway_payments_expired_total", "Pending payments closed at expiry")

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(20, ge=1)
     routing_poll_s: float = Field(1.0, gt=0)
+    sync_poll_s: float = Field(1.0, gt=0)
     dispatcher_poll_s: float = Field(1.0, gt=0)
     dispatcher_concurrency: int = Field(32, ge=1)
     key_cache_ttl_s: float = Field(5.0, ge=0)

@@ -40,7 +40,7 @@ def _db_url(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
-    name = f"gw_tpl_{RUN_ID}"
+    name = f"gw_tpl_{RUN_ID}_{secrets.token_hex(2)}"  # one per conftest that imports this
 
     async def setup() -> None:
         admin = await asyncpg.connect(PG_ADMIN)

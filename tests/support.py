@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.auth.signature import KeyType, authorization_header, sign, signed_message
@@ -36,7 +38,7 @@ class Creds:
 @dataclass
 class Reply:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     @property
@@ -50,13 +52,23 @@ class MerchantClient:
     creds: Creds
     http: aiohttp.ClientSession
 
-    def auth_header(self, method: str, path: str, body: bytes, *, timestamp: int | None = None,
-                    nonce: str | None = None) -> str:
+    def auth_header(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        timestamp: int | None = None,
+        nonce: str | None = None,
+    ) -> str:
         ts = int(time.time()) if timestamp is None else timestamp
         nonce = nonce or secrets.token_urlsafe(18)
         message = signed_message(method, path, ts, nonce, body)
         signature = sign(
-            self.creds.key_type, message, secret=self.creds.secret, private_key=self.creds.private_key
+            self.creds.key_type,
+            message,
+            secret=self.creds.secret,
+            private_key=self.creds.private_key,
         )
         return authorization_header(self.creds.key_type, self.creds.key_id, ts, nonce, signature)
 
@@ -73,14 +85,14 @@ class MerchantClient:
         content_type: str = "application/json",
     ) -> Reply:
         body = raw if raw is not None else (orjson.dumps(payload) if payload is not None else b"")
-        hdrs = {"Authorization": auth or self.auth_header(method, path, body)}
+        hdrs = {"Authorization": auth if auth is not None else self.auth_header(method, path, body)}
         if body:
             hdrs["Content-Type"] = content_type
         if idempotency_key is not None:
             hdrs["Idempotency-Key"] = idempotency_key
         hdrs.update(headers or {})
         async with self.http.request(method, self.base_url + path, data=body, headers=hdrs) as r:
-            return Reply(r.status, dict(r.headers), await r.read())
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
 
     async def create_payment(self, **overrides: Any) -> Reply:
         payload = payment_payload(**overrides)
@@ -116,21 +128,19 @@ class Receiver:
         status = self.script.pop(0) if self.script else self.default_status
         return web.Response(status=status, text="ok")
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, count: int, within: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within
         while len(self.received) < count:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"expected {count} callbacks, got {len(self.received)}")
             self.event.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.event.wait(), remaining)
-            except TimeoutError:
-                pass
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = await predicate()
         if value:

@@ -11,6 +11,8 @@ from gateway.auth.authenticator import Authenticator
 from gateway.services.callbacks import CallbackDispatcher
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
+from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store.db import Pool
 
@@ -23,6 +25,8 @@ class Services:
     authenticator: Authenticator
     channels: ChannelRegistry
     payments: PaymentService
+    refunds: RefundService
+    sync: StatusSync
     dispatcher: CallbackDispatcher
 
 

@@ -15,7 +15,7 @@ from gateway.errors import ApiError
 
 log = structlog.get_logger("http")
 
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -56,7 +56,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal_error")
+        code = _HTTP_CODES.get(
+            exc.status, "invalid_request" if exc.status < 500 else "internal_error"
+        )
         detail = {
             404: "No such resource.",
             405: f"{request.method} is not allowed here.",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from adapters.base import Ack, IncomingRequest, NotificationRejected
+from adapters.base import Ack, IncomingRequest, NotificationKind, NotificationRejected
 from gateway import metrics
 from gateway.api.context import services
 
@@ -41,7 +41,13 @@ async def channel_notification(request: web.Request) -> web.StreamResponse:
         channel=channel, channel_order_id=notification.channel_order_id
     )
     try:
-        applied = await svc.payments.apply_notification(channel, notification)
+        if notification.kind is NotificationKind.REFUND and notification.channel_refund_id:
+            row = await svc.refunds.apply_result(
+                channel, notification.channel_refund_id, notification.result
+            )
+            applied = row is not None
+        else:
+            applied = await svc.payments.apply_notification(channel, notification)
     except Exception:
         # not applied: answer so that the channel sends it again
         log.exception("notification_apply_failed", channel=channel)

@@ -59,7 +59,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {
         str(s): {
             "description": "Problem details (RFC 9457)",
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
         }
         for s in statuses
     }

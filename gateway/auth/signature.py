@@ -64,7 +64,9 @@ def parse_authorization(header: str | None) -> ParsedAuthorization:
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
         if m is None or m.end() == pos:
-            raise AuthError("malformed_authorization", "The Authorization parameters are malformed.")
+            raise AuthError(
+                "malformed_authorization", "The Authorization parameters are malformed."
+            )
         if m.group(1) in params:
             raise AuthError("malformed_authorization", f"Parameter {m.group(1)} is repeated.")
         params[m.group(1)] = m.group(2)
@@ -102,7 +104,9 @@ def parse_authorization(header: str | None) -> ParsedAuthorization:
     )
 
 
-def signed_message(method: str, path_and_query: str, timestamp: int, nonce: str, body: bytes) -> bytes:
+def signed_message(
+    method: str, path_and_query: str, timestamp: int, nonce: str, body: bytes
+) -> bytes:
     head = f"{method.upper()}\n{path_and_query}\n{timestamp}\n{nonce}\n".encode()
     return head + body + b"\n"
 
@@ -155,9 +159,7 @@ class Verifier:
         return True
 
 
-def load_public_key(
-    key_type: KeyType, pem: bytes
-) -> ed25519.Ed25519PublicKey | rsa.RSAPublicKey:
+def load_public_key(key_type: KeyType, pem: bytes) -> ed25519.Ed25519PublicKey | rsa.RSAPublicKey:
     """Parse a PEM SubjectPublicKeyInfo of the given type; ValueError with a clear message."""
     try:
         key = serialization.load_pem_public_key(pem)

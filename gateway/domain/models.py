@@ -4,7 +4,6 @@ refused) and the rendering of stored rows into the API's objects. Pure."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -157,10 +156,43 @@ def refund_view(row: Row) -> dict[str, Any]:
     }
 
 
-def event_body(event_id: str, event_type: str, created_at: datetime, obj: dict[str, Any]) -> dict[str, Any]:
+def event_body(
+    event_id: str, event_type: str, created_at: datetime, obj: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": event_id,
         "type": event_type,
         "created_at": rfc3339(created_at),
         "data": {"object": obj},
+    }
+
+
+def endpoint_view(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "webhook_endpoint",
+        "url": row["url"],
+        "events": list(row["events"]),
+        "status": row["status"],
+        "disabled_reason": row["disabled_reason"],
+        "created_at": rfc3339(row["created_at"]),
+    }
+
+
+def delivery_view(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "webhook_delivery",
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "endpoint_id": row["endpoint_id"],
+        "url": row["url"],
+        "status": "pending" if row["status"] == "delivering" else row["status"],
+        "attempts": row["attempts"],
+        "next_attempt_at": rfc3339(row["next_attempt_at"]) if row["status"] == "pending" else None,
+        "last_status_code": row["last_status_code"],
+        "last_error": row["last_error"],
+        "delivered_at": rfc3339(row["delivered_at"]),
+        "created_at": rfc3339(row["created_at"]),
+        "attempt_log": row["attempt_log"],
     }

@@ -8,6 +8,7 @@ transaction writes deliveries, with polling as the fallback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import time
@@ -133,10 +134,8 @@ class CallbackDispatcher:
                 if claimed:
                     continue
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                except TimeoutError:
-                    pass
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
@@ -147,17 +146,17 @@ class CallbackDispatcher:
         """Hold a LISTEN connection; reconnect when it drops (polling covers the gap)."""
         while not stop.is_set():
             try:
-                conn = await self.pool.acquire()
-                try:
+                async with self.pool.acquire() as conn:
                     await conn.add_listener(CALLBACK_CHANNEL, self.wake)
-                    while not stop.is_set() and not conn.is_closed():
-                        await asyncio.sleep(1)
-                finally:
                     try:
-                        await conn.remove_listener(CALLBACK_CHANNEL, self.wake)
-                    except (asyncpg.PostgresError, OSError):
-                        pass
-                    await self.pool.release(conn)
+                        while not conn.is_closed():  # noqa: ASYNC110 - watches the connection
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), 1)
+                            if stop.is_set():
+                                break
+                    finally:
+                        if not conn.is_closed():
+                            await conn.remove_listener(CALLBACK_CHANNEL, self.wake)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

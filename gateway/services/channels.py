@@ -29,7 +29,7 @@ class ChannelRegistry:
         self.holder = holder
         self._ctx = ctx
         self.health = health
-        self._rng = rng or random.Random()  # noqa: S311 - routing, not security
+        self._rng = rng or random.Random()
         self._adapters: dict[str, ChannelAdapter] = {}
         self._built_for: dict[str, tuple[str, Any]] = {}
         self.sync_adapters()

@@ -181,14 +181,16 @@ class PaymentService:
         deadline = asyncio.get_running_loop().time() + CREATING_WAIT_S
         while row["status"] == "pending" and row["next_action"] is None:
             attempt = await store.current_attempt(self.pool, row["id"])
-            if attempt is None or attempt["status"] != AttemptStatus.CREATING:
-                break
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.02)
+            creating = attempt is not None and attempt["status"] == AttemptStatus.CREATING
+            if creating:
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.02)
             fresh = await store.get_payment(self.pool, row["merchant_id"], row["id"])
             assert fresh is not None
             row = fresh
+            if not creating:
+                break
         return payment_view(row)
 
     async def _failover_attempt(
@@ -380,7 +382,7 @@ class PaymentService:
         now = datetime.now(UTC)
         changes: dict[str, Any] = {"status": target.value}
         if target is PaymentStatus.SUCCEEDED:
-            changes["paid_at"] = (result.paid_at if result and result.paid_at else now)
+            changes["paid_at"] = result.paid_at if result and result.paid_at else now
             if result and result.channel_trade_no:
                 changes["channel_trade_no"] = result.channel_trade_no
         if target is PaymentStatus.CLOSED:
@@ -512,6 +514,28 @@ class PaymentService:
             raise not_found("payment")
         return payment_view(row)
 
+    async def sync(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
+        """Ask the channel now (`GET /v1/payments/{id}?sync=true`) and apply its answer."""
+        row = await store.get_payment(self.pool, merchant_id, payment_id)
+        if row is None:
+            raise not_found("payment")
+        if row["status"] == PaymentStatus.PENDING:
+            attempt = await store.current_attempt(self.pool, payment_id)
+            adapter = self.channels.adapter(attempt["channel"]) if attempt else None
+            if attempt is not None and adapter is not None and attempt_is_open(attempt["status"]):
+                started = asyncio.get_running_loop().time()
+                result = await adapter.query_payment(attempt["channel_order_id"])
+                timing.add_channel_time(asyncio.get_running_loop().time() - started)
+                metrics.CHANNEL_CALLS.labels(
+                    channel=attempt["channel"], operation="query", outcome=result.outcome.value
+                ).inc()
+                updated = await self.apply_channel_result(
+                    attempt["channel"], attempt["channel_order_id"], result
+                )
+                if updated is not None:
+                    row = updated
+        return payment_view(row)
+
     async def close(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
         row = await store.get_payment(self.pool, merchant_id, payment_id)
         if row is None:
@@ -519,9 +543,7 @@ class PaymentService:
         if row["status"] == PaymentStatus.CLOSED:
             return payment_view(row)
         if row["status"] != PaymentStatus.PENDING:
-            raise ApiError(
-                409, "invalid_state", f"A {row['status']} payment cannot be closed."
-            )
+            raise ApiError(409, "invalid_state", f"A {row['status']} payment cannot be closed.")
         attempt = await store.current_attempt(self.pool, payment_id)
         assert attempt is not None
         adapter = self.channels.adapter(attempt["channel"])

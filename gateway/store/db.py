@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("store")
 
-from typing import TypeAlias
-
-from asyncpg.pool import PoolConnectionProxy
-
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-)
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 Executor: TypeAlias = "Pool | Connection"
 """Anything that runs a query: the pool (autocommit) or a connection (maybe in a transaction)."""
 

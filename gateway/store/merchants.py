@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.store.db import Connection, Executor, Pool
+from gateway.store.db import Connection, Pool
 
 
 async def insert_merchant(

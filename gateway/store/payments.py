@@ -42,8 +42,9 @@ async def insert_payment_with_attempt(
             RETURNING *
         ), a AS (
             INSERT INTO payment_attempts (id, payment_id, seq, channel, adapter,
-                channel_order_id, status, routing_rule, routing_version)
-            SELECT $14, p.id, 1, $11, $15, $12, 'creating', $16, $17 FROM p
+                channel_order_id, status, routing_rule, routing_version, next_sync_at)
+            SELECT $14, p.id, 1, $11, $15, $12, 'creating', $16, $17,
+                   now() + interval '60 seconds' FROM p
         )
         SELECT * FROM p
         """,
@@ -70,7 +71,8 @@ async def insert_payment_with_attempt(
 async def insert_attempt(conn: Connection, attempt: Mapping[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO payment_attempts (id, payment_id, seq, channel, adapter, channel_order_id,"
-        " status, routing_rule, routing_version) VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7, $8)",
+        " status, routing_rule, routing_version, next_sync_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7, $8, now() + interval '60 seconds')",
         attempt["id"],
         attempt["payment_id"],
         attempt["seq"],

@@ -50,7 +50,9 @@ async def test_card_payment_end_to_end(
     assert callback["headers"]["webhook-id"] == event["id"]
     assert orjson.loads(body)["id"].startswith("evt_")
 
-    assert await db.fetchval("SELECT count(*) FROM events WHERE payment_id = $1", payment["id"]) == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM events WHERE payment_id = $1", payment["id"]) == 1
+    )
     delivery = await db.fetchrow("SELECT * FROM callback_deliveries")
     assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
 
@@ -83,12 +85,11 @@ async def test_duplicated_notification_changes_state_once(
 
 def gateway_sim_sent(gateway: Gateway) -> int:
     """How many notifications the in-process bank simulator has sent."""
-    from adapters.simkit import SimulatorCore
+    from adapters.bank.simulator import SIMULATOR
 
     for sub in gateway.app._subapps:  # the mounted simulators
-        for value in sub._state.values():
-            if isinstance(value, SimulatorCore) and value.adapter == "bank":
-                return value.notifications_sent
+        if SIMULATOR in sub:
+            return sub[SIMULATOR].core.notifications_sent
     raise AssertionError("bank simulator not mounted")
 
 

@@ -9,10 +9,10 @@ import time
 import asyncpg
 import pytest
 
+from gateway.auth.secretbox import SecretBox
 from gateway.auth.signature import KeyType
 from gateway.services import merchants as merchant_service
-from gateway.auth.secretbox import SecretBox
-from tests.fixtures import MASTER_KEY, Gateway, new_merchant, start_gateway
+from tests.fixtures import MASTER_KEY, Gateway, new_merchant
 from tests.support import Creds, MerchantClient
 
 

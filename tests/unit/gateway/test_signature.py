@@ -24,7 +24,9 @@ from gateway.auth.signature import (
 def test_signed_message_is_five_lines_each_ending_in_newline() -> None:
     msg = signed_message("post", "/v1/payments?x=1", 1700000000, "n" * 16, b'{"a":1}')
     assert msg == b'POST\n/v1/payments?x=1\n1700000000\nnnnnnnnnnnnnnnnn\n{"a":1}\n'
-    assert signed_message("GET", "/v1/p", 1, "n" * 16, b"") == b"GET\n/v1/p\n1\nnnnnnnnnnnnnnnnn\n\n"
+    assert (
+        signed_message("GET", "/v1/p", 1, "n" * 16, b"") == b"GET\n/v1/p\n1\nnnnnnnnnnnnnnnnn\n\n"
+    )
 
 
 def test_hmac_vector() -> None:

@@ -1,0 +1,5 @@
+"""The `alipay` channel: Alipay open API (gateway.do, RSA2), face-to-face precreate (QR code).
+
+`protocol` holds the wire protocol (shared), `adapter` the gateway's side, `simulator` Alipay's
+side. See `adapters.alipay.protocol` for the protocol itself.
+"""

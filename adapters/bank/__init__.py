@@ -1,0 +1,5 @@
+"""The `bank` channel: card payments through an acquiring bank's hosted payment page.
+
+`protocol` holds the wire protocol (shared), `adapter` the gateway's side, `simulator` the
+bank's side. See `adapters.bank.protocol` for the protocol itself.
+"""

@@ -1,0 +1,189 @@
+"""Status sync and expiry: re-query attempts whose outcome is open (no notification yet, a
+timeout, a process that died mid-create) on a backoff, close pending payments at their expiry
+(unless the channel says they were paid), and re-query pending refunds.
+
+Work is claimed in PostgreSQL with `FOR UPDATE SKIP LOCKED` plus a lease (the claim pushes
+`next_sync_at` forward), so any number of gateway processes can run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from adapters.base import Outcome
+from gateway import metrics
+from gateway.domain.states import AttemptStatus, PaymentStatus
+from gateway.services.channels import ChannelRegistry
+from gateway.services.payments import PaymentService
+from gateway.services.refunds import RefundService
+from gateway.store.db import Pool
+
+log = structlog.get_logger("sync")
+
+LEASE_S = 60
+
+_CLAIM_ATTEMPTS = f"""
+WITH due AS (
+    SELECT id FROM payment_attempts
+     WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now()
+     ORDER BY next_sync_at
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE payment_attempts a
+   SET next_sync_at = now() + interval '{LEASE_S} seconds', sync_count = a.sync_count + 1
+  FROM due, payments p
+ WHERE a.id = due.id AND p.id = a.payment_id
+RETURNING a.id, a.payment_id, a.channel, a.channel_order_id, a.status, a.sync_count,
+          p.merchant_id, p.status AS payment_status, p.expires_at
+"""  # noqa: S608 - constants only
+
+_CLAIM_REFUNDS = f"""
+WITH due AS (
+    SELECT id FROM refunds
+     WHERE status = 'pending' AND next_sync_at <= now()
+     ORDER BY next_sync_at
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE refunds r
+   SET next_sync_at = now() + interval '{LEASE_S} seconds', sync_count = r.sync_count + 1
+  FROM due
+ WHERE r.id = due.id
+RETURNING r.id, r.channel, r.channel_order_id, r.channel_refund_id, r.sync_count
+"""  # noqa: S608 - constants only
+
+
+class StatusSync:
+    def __init__(
+        self,
+        pool: Pool,
+        channels: ChannelRegistry,
+        payments: PaymentService,
+        refunds: RefundService,
+        schedule: tuple[float, ...],
+        *,
+        poll_s: float = 1.0,
+        batch: int = 50,
+    ) -> None:
+        self.pool = pool
+        self.channels = channels
+        self.payments = payments
+        self.refunds = refunds
+        self.schedule = schedule
+        self.poll_s = poll_s
+        self.batch = batch
+
+    def next_at(self, sync_count: int, expires_at: datetime | None = None) -> datetime:
+        delay = self.schedule[min(sync_count, len(self.schedule) - 1)]
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        if expires_at is not None and expires_at > datetime.now(UTC):
+            when = min(when, expires_at)
+        return when
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = await self.run_once()
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("sync_db_error", error=repr(exc))
+                busy = 0
+            if busy:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    async def run_once(self) -> int:
+        attempts = await self.pool.fetch(_CLAIM_ATTEMPTS, self.batch)
+        refunds = await self.pool.fetch(_CLAIM_REFUNDS, self.batch)
+        await asyncio.gather(
+            *(self._sync_attempt(dict(a)) for a in attempts),
+            *(self._sync_refund(dict(r)) for r in refunds),
+        )
+        depth = await self.pool.fetchval(
+            "SELECT count(*) FROM payment_attempts"
+            " WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now()"
+        )
+        metrics.SYNC_BACKLOG.set(depth or 0)
+        return len(attempts) + len(refunds)
+
+    async def _sync_attempt(self, row: dict[str, Any]) -> None:
+        bound = log.bind(payment_id=row["payment_id"], channel=row["channel"])
+        adapter = self.channels.adapter(row["channel"])
+        if adapter is None:
+            bound.warning("sync_channel_missing")
+            return
+        try:
+            result = await adapter.query_payment(row["channel_order_id"])
+            metrics.CHANNEL_CALLS.labels(
+                channel=row["channel"], operation="query", outcome=result.outcome.value
+            ).inc()
+            if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.WAITING):
+                await self.payments.apply_channel_result(
+                    row["channel"], row["channel_order_id"], result
+                )
+            if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+                return
+            expired = row["expires_at"] <= datetime.now(UTC)
+            if expired and row["payment_status"] == PaymentStatus.PENDING:
+                await self._expire(row, adapter)
+                return
+            await self._reschedule_attempt(row)
+        except Exception:
+            bound.exception("sync_attempt_failed")
+            await self._reschedule_attempt(row)
+
+    async def _expire(self, row: dict[str, Any], adapter: Any) -> None:
+        close = await adapter.close_payment(row["channel_order_id"])
+        if close.outcome is not Outcome.SUCCEEDED:
+            # it may have been paid in the meantime: the channel's word decides
+            query = await adapter.query_payment(row["channel_order_id"])
+            if query.outcome is Outcome.SUCCEEDED:
+                await self.payments.apply_channel_result(
+                    row["channel"], row["channel_order_id"], query
+                )
+                return
+            if query.outcome is not Outcome.FAILED:
+                await self._reschedule_attempt(row)
+                return
+        await self.payments.transition(
+            row["payment_id"],
+            PaymentStatus.CLOSED,
+            attempt_id=row["id"],
+            attempt_status=AttemptStatus.CLOSED,
+            failure=("expired", "The payer did not pay before the payment expired."),
+        )
+        metrics.EXPIRED.inc()
+
+    async def _reschedule_attempt(self, row: dict[str, Any]) -> None:
+        await self.pool.execute(
+            "UPDATE payment_attempts SET next_sync_at = $2 WHERE id = $1"
+            " AND status IN ('creating', 'waiting', 'unknown')",
+            row["id"],
+            self.next_at(row["sync_count"], row["expires_at"]),
+        )
+
+    async def _sync_refund(self, row: dict[str, Any]) -> None:
+        adapter = self.channels.adapter(row["channel"])
+        if adapter is None:
+            return
+        try:
+            result = await adapter.query_refund(row["channel_order_id"], row["channel_refund_id"])
+            metrics.CHANNEL_CALLS.labels(
+                channel=row["channel"], operation="refund_query", outcome=result.outcome.value
+            ).inc()
+            if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+                await self.refunds.apply_result(row["channel"], row["channel_refund_id"], result)
+                return
+        except Exception:
+            log.exception("sync_refund_failed", refund_id=row["id"])
+        await self.pool.execute(
+            "UPDATE refunds SET next_sync_at = $2 WHERE id = $1 AND status = 'pending'",
+            row["id"],
+            self.next_at(row["sync_count"]),
+        )
