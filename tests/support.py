@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from multidict import CIMultiDict
 
 from gateway.auth.signature import KeyType, authorization_header, sign, signed_message
 

@@ -150,7 +150,10 @@ async def get_payment(
     sync = query.get("sync", "false")
     if sync not in ("true", "false"):
         raise ApiError(
-            400, "invalid_request", "sync must be true or false.", [FieldError("sync", "true or false")]
+            400,
+            "invalid_request",
+            "sync must be true or false.",
+            [FieldError("sync", "true or false")],
         )
     payment_id = request.match_info["id"]
     if sync == "true":

@@ -149,7 +149,7 @@ class CallbackDispatcher:
                 async with self.pool.acquire() as conn:
                     await conn.add_listener(CALLBACK_CHANNEL, self.wake)
                     try:
-                        while not conn.is_closed():  # noqa: ASYNC110 - watches the connection
+                        while not conn.is_closed():
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(stop.wait(), 1)
                             if stop.is_set():

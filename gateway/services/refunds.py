@@ -69,7 +69,9 @@ class RefundService:
                 return RefundOutcome(refund_view(existing), created=False)
             if payment["status"] != PaymentStatus.SUCCEEDED:
                 raise ApiError(
-                    409, "invalid_state", f"Only a succeeded payment can be refunded; this one is {payment['status']}."
+                    409,
+                    "invalid_state",
+                    f"Only a succeeded payment can be refunded; this one is {payment['status']}.",
                 )
             committed = payment["refunded_amount"] + payment["refund_reserved"]
             if committed + req.amount > payment["amount"]:
