@@ -18,7 +18,7 @@ from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
 from gateway import metrics
-from gateway.api import merchant, notify, ops
+from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
 from gateway.auth.authenticator import Authenticator
@@ -56,6 +56,7 @@ def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
     merchant.add_routes(app)
     notify.add_routes(app)
     ops.add_routes(app)
+    admin.add_routes(app)
     if settings.simulators:
         sim_settings = SimulatorSettings(
             config_dir=str(settings.config_dir),

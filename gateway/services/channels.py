@@ -42,13 +42,14 @@ class ChannelRegistry:
         """(Re)build adapters whose channel configuration changed. Adapters of channels that
         left the file are kept: their pending payments still get notifications and syncs."""
         for name, channel in self.holder.current.config.channels.items():
-            signature = (channel.adapter, channel.config)
+            # the channel's timeout_ms is the adapter's budget per call unless its config
+            # sets one of its own
+            config = {"timeout_ms": channel.timeout_ms, **channel.config}
+            signature = (channel.adapter, config)
             if self._built_for.get(name) == signature:
                 continue
             try:
-                self._adapters[name] = build_adapter(
-                    channel.adapter, name, channel.config, self._ctx
-                )
+                self._adapters[name] = build_adapter(channel.adapter, name, config, self._ctx)
             except Exception as exc:  # an adapter refusing its config must not stop the rest
                 log.error("adapter_build_failed", channel=name, error=str(exc))
                 continue
@@ -78,7 +79,11 @@ class ChannelRegistry:
     ) -> RouteDecision:
         loaded = self.holder.current
         names = list(loaded.config.channels)
-        health, stats = await self.health.snapshot(names)
+        try:
+            health, stats = await self.health.snapshot(names)
+        except Exception as exc:  # health is advisory: route as if every channel were healthy
+            log.warning("channel_health_unavailable", error=repr(exc))
+            health, stats = {}, {}
         facts = PaymentFacts(
             method=method,
             amount=amount,
@@ -88,6 +93,16 @@ class ChannelRegistry:
             now=datetime.now(UTC),
         )
         return route(loaded, facts, health, stats, self._rng)
+
+    async def acquire_probe(self, channel: str) -> bool:
+        """Take a half-open probe slot for a channel (shared by every gateway process)."""
+        try:
+            return await self.health.acquire(
+                channel, datetime.now(UTC), self.holder.current.config.settings
+            )
+        except Exception as exc:  # Redis trouble: let the call through rather than fail it
+            log.warning("channel_probe_acquire_failed", channel=channel, error=repr(exc))
+            return True
 
     async def record(self, channel: str, success: bool) -> None:
         settings = self.holder.current.config.settings

@@ -6,6 +6,7 @@ checked against the state machine, together with the event and callback rows it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from gateway.errors import ApiError, not_found
 from gateway.services.channels import ChannelRegistry
 from gateway.store import payments as store
 from gateway.store.db import Connection, Pool
+from routing.engine import Candidate
 
 log = structlog.get_logger("payments")
 
@@ -81,25 +83,21 @@ class PaymentService:
         candidates = [c for c in decision.candidates if self.channels.adapter(c.channel)]
         if not candidates:
             if decision.all_circuits_open:
-                raise ApiError(
-                    503,
-                    "channel_unavailable",
-                    "Every channel that could take this payment is out of service; "
-                    "nothing was created. Retry later.",
-                    headers={"Retry-After": "30"},
-                )
+                raise self._unavailable(decision.retry_after_s)
             raise ApiError(
                 422,
                 "no_route",
                 f"No channel takes {req.method} payments of {req.amount} {req.currency}.",
             )
-        max_attempts = decision_max_attempts(self.channels, len(candidates))
-        candidates = candidates[:max_attempts]
-        metrics.ROUTING_DECISIONS.labels(rule=decision.rule, channel=candidates[0].channel).inc()
+        max_attempts = max(1, min(decision.max_attempts, len(candidates)))
+        remaining = iter(candidates)
+        first = await self._next_usable(remaining)
+        if first is None:  # every candidate is a half-open channel with no probe slot free
+            raise self._unavailable(decision.retry_after_s)
+        metrics.ROUTING_DECISIONS.labels(rule=decision.rule, channel=first.channel).inc()
 
         now = datetime.now(UTC)
         payment_id = new_id("pay")
-        first = candidates[0]
         adapter = self.channels.adapter(first.channel)
         assert adapter is not None
         attempt = {
@@ -136,12 +134,14 @@ class PaymentService:
             assert existing is not None
             return CreateOutcome(await self._existing(existing, req), created=False)
 
-        for index, candidate in enumerate(candidates):
+        candidate: Candidate | None = first
+        seq = 1
+        while candidate is not None:
             adapter = self.channels.adapter(candidate.channel)
             assert adapter is not None
-            if index > 0:
+            if seq > 1:
                 attempt = await self._failover_attempt(
-                    payment_id, index + 1, candidate.channel, adapter, decision
+                    payment_id, seq, candidate.channel, adapter, decision
                 )
             result = await self._call_create(adapter, attempt, row, req)
             final = await self._apply_create_result(row, attempt, adapter, result)
@@ -152,8 +152,11 @@ class PaymentService:
                 payment_id=payment_id,
                 channel=candidate.channel,
                 code=result.channel_code,
+                attempt=seq,
             )
             metrics.FAILOVERS.labels(channel=candidate.channel).inc()
+            candidate = await self._next_usable(remaining) if seq < max_attempts else None
+            seq += 1
 
         # every attempt failed over: the payment fails as channel_unavailable
         final = await self.transition(
@@ -162,6 +165,23 @@ class PaymentService:
             failure=("channel_unavailable", "Every eligible channel failed; nothing was charged."),
         )
         return CreateOutcome(payment_view(final), created=True)
+
+    async def _next_usable(self, remaining: Iterator[Candidate]) -> Candidate | None:
+        """The next candidate we may call: a half-open channel only with a free probe slot."""
+        for candidate in remaining:
+            if not candidate.probe or await self.channels.acquire_probe(candidate.channel):
+                return candidate
+        return None
+
+    @staticmethod
+    def _unavailable(retry_after_s: int | None) -> ApiError:
+        return ApiError(
+            503,
+            "channel_unavailable",
+            "Every channel that could take this payment is out of service; nothing was "
+            "created. Retry later.",
+            headers={"Retry-After": str(max(1, retry_after_s or 30))},
+        )
 
     async def _existing(self, row: Any, req: CreatePaymentRequest) -> dict[str, Any]:
         if (row["amount"], row["currency"], row["method"]) != (
@@ -578,8 +598,3 @@ class PaymentService:
         if updated["status"] == PaymentStatus.SUCCEEDED:
             raise ApiError(409, "invalid_state", "The payment succeeded and cannot be closed.")
         return payment_view(updated)
-
-
-def decision_max_attempts(channels: ChannelRegistry, available: int) -> int:
-    settings = channels.routing.config.settings
-    return max(1, min(int(settings.max_attempts), available))
