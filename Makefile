@@ -17,12 +17,8 @@ INSTALLED := $(VENV)/.installed-dev
 INSTALLED_EMBEDDED := $(VENV)/.installed-dev-embedded
 NEW_MASTER_KEY := $(BIN)/python -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'
 
-# make bench: a throw-away database on the local PostgreSQL, the local Redis, a port of its own.
-BENCH_DB := gateway_bench
-BENCH_PORT ?= 8089
+# make bench: see tests/bench/bench.py.
 BENCH_DURATION ?= 20
-BENCH_CONCURRENCY ?= 32
-BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
 PG_ADMIN := psql -h 127.0.0.1 -U postgres -d postgres -X -q -v ON_ERROR_STOP=1
 
 .PHONY: help install run test lint bench clean distclean
@@ -74,39 +70,10 @@ test: $(INSTALLED_EMBEDDED)
 	$(MAKE) lint
 	$(BIN)/pytest -q
 
+# Simulators in a process of their own, one then two gateway processes, a bare aiohttp endpoint
+# as the reference; add BENCH_ARGS=--seed-rows=10000000 for latency against a large table.
 bench: $(INSTALLED)
-	@mkdir -p var
-	export GATEWAY_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$(BENCH_DB)
-	export GATEWAY_REDIS_URL='$(BENCH_REDIS_URL)' GATEWAY_REDIS_PREFIX="gwbench:$$$$:"
-	export GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$(BENCH_PORT)
-	export GATEWAY_PUBLIC_URL=http://127.0.0.1:$(BENCH_PORT)
-	export GATEWAY_SIMULATORS=true GATEWAY_LOG_LEVEL=warning
-	GATEWAY_MASTER_KEY="$$($(NEW_MASTER_KEY))"
-	export GATEWAY_MASTER_KEY
-	gw_pid=
-	cleanup() {
-	  status=$$?
-	  if [ -n "$$gw_pid" ]; then
-	    kill "$$gw_pid" 2>/dev/null || true
-	    for _ in $$(seq 50); do kill -0 "$$gw_pid" 2>/dev/null || break; sleep 0.2; done
-	    kill -9 "$$gw_pid" 2>/dev/null || true
-	    wait "$$gw_pid" 2>/dev/null || true
-	  fi
-	  if [ "$$status" -ne 0 ]; then
-	    echo "make bench failed; the gateway's log (var/bench-gateway.log) ends with:" >&2
-	    tail -n 40 var/bench-gateway.log >&2 2>/dev/null || true
-	  fi
-	  $(PG_ADMIN) -c 'DROP DATABASE IF EXISTS $(BENCH_DB) WITH (FORCE)' || true
-	}
-	trap cleanup EXIT
-	$(PG_ADMIN) -c 'DROP DATABASE IF EXISTS $(BENCH_DB) WITH (FORCE)' -c 'CREATE DATABASE $(BENCH_DB)'
-	$(BIN)/gateway migrate
-	$(BIN)/gateway merchant create --name bench --json > var/bench-merchant.json
-	$(BIN)/gateway serve > var/bench-gateway.log 2>&1 &
-	gw_pid=$$!
-	$(BIN)/python tests/bench/loadgen.py --url http://127.0.0.1:$(BENCH_PORT) \
-	  --merchant-file var/bench-merchant.json --wait-ready 60 --server-pid "$$gw_pid" \
-	  --concurrency $(BENCH_CONCURRENCY) --duration $(BENCH_DURATION)
+	$(BIN)/python tests/bench/bench.py --duration $(BENCH_DURATION) $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -4,6 +4,7 @@ and the shared health (circuit breakers, success windows) that routing consults.
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,10 @@ from adapters.base import AdapterContext, ChannelAdapter
 from adapters.registry import build_adapter
 from gateway.channel_health import ChannelHealthStore
 from routing.engine import PaymentFacts, RouteDecision, route
+from routing.health import ChannelHealth, SuccessStats
 from routing.loader import LoadedRouting, RoutingHolder
+
+HEALTH_CACHE_S = 0.25
 
 log = structlog.get_logger("channels")
 
@@ -32,6 +36,9 @@ class ChannelRegistry:
         self._rng = rng or random.Random()
         self._adapters: dict[str, ChannelAdapter] = {}
         self._built_for: dict[str, tuple[str, Any]] = {}
+        self._health_cache: (
+            tuple[float, list[str], dict[str, ChannelHealth], dict[str, SuccessStats]] | None
+        ) = None
         self.sync_adapters()
 
     @property
@@ -78,12 +85,7 @@ class ChannelRegistry:
         metadata: dict[str, str],
     ) -> RouteDecision:
         loaded = self.holder.current
-        names = list(loaded.config.channels)
-        try:
-            health, stats = await self.health.snapshot(names)
-        except Exception as exc:  # health is advisory: route as if every channel were healthy
-            log.warning("channel_health_unavailable", error=repr(exc))
-            health, stats = {}, {}
+        health, stats = await self._health_snapshot(list(loaded.config.channels))
         facts = PaymentFacts(
             method=method,
             amount=amount,
@@ -93,6 +95,24 @@ class ChannelRegistry:
             now=datetime.now(UTC),
         )
         return route(loaded, facts, health, stats, self._rng)
+
+    async def _health_snapshot(
+        self, names: list[str]
+    ) -> tuple[dict[str, ChannelHealth], dict[str, SuccessStats]]:
+        """The shared health of every channel, read from Redis at most every
+        HEALTH_CACHE_S per process (a circuit this process opens itself is seen at once:
+        recording a failure drops the cached copy)."""
+        now = time.monotonic()
+        cached = self._health_cache
+        if cached is not None and cached[0] > now and cached[1] == names:
+            return cached[2], cached[3]
+        try:
+            health, stats = await self.health.snapshot(names)
+        except Exception as exc:  # health is advisory: route as if every channel were healthy
+            log.warning("channel_health_unavailable", error=repr(exc))
+            return {}, {}
+        self._health_cache = (now + HEALTH_CACHE_S, names, dict(health), dict(stats))
+        return health, stats
 
     async def acquire_probe(self, channel: str) -> bool:
         """Take a half-open probe slot for a channel (shared by every gateway process)."""
@@ -106,6 +126,8 @@ class ChannelRegistry:
 
     async def record(self, channel: str, success: bool) -> None:
         settings = self.holder.current.config.settings
+        if not success:
+            self._health_cache = None
         try:
             await self.health.record(channel, success, datetime.now(UTC), settings)
         except Exception as exc:  # health is advisory: never fail a payment over it

@@ -29,9 +29,21 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset on release. asyncpg's default runs `RESET ALL; UNLISTEN *; …` — one
+    more round trip (and transaction) per query. The gateway sets no session state, takes no
+    session advisory locks outside `migrate` (which releases its own), and asyncpg still rolls
+    back any open transaction and drops listeners before calling this."""
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        command_timeout=30,
     )
     assert pool is not None
     return pool
