@@ -6,7 +6,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from gateway.domain.models import CreatePaymentRequest, EmptyRequest
+from gateway.domain.models import (
+    CreatePaymentRequest,
+    CreateRefundRequest,
+    CreateWebhookEndpointRequest,
+    EmptyRequest,
+)
 from gateway.errors import TITLES
 
 _PROBLEM = {
@@ -103,6 +108,14 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "schemas": {
                 "CreatePayment": CreatePaymentRequest.model_json_schema(),
                 "Empty": EmptyRequest.model_json_schema(),
+                "CreateRefund": CreateRefundRequest.model_json_schema(),
+                "CreateWebhookEndpoint": CreateWebhookEndpointRequest.model_json_schema(),
+                "Refund": {"type": "object"},
+                "WebhookEndpoint": {"type": "object"},
+                "List": {
+                    "type": "object",
+                    "properties": {"data": {"type": "array"}, "has_more": {"type": "boolean"}},
+                },
                 "Payment": _PAYMENT,
                 "Problem": _PROBLEM,
             },
@@ -136,8 +149,109 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "/v1/payments/{id}": {
                 "get": {
                     "operationId": "getPayment",
-                    "parameters": [_ID],
+                    "parameters": [
+                        _ID,
+                        {
+                            "name": "sync",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["true", "false"]},
+                        },
+                    ],
                     "responses": {"200": payment_ok, **_errors(401, 404)},
+                }
+            },
+            "/v1/payments/{id}/refunds": {
+                "post": {
+                    "operationId": "createRefund",
+                    "parameters": [_ID, _IDEMPOTENCY],
+                    "requestBody": {"required": True, **_json("CreateRefund")},
+                    "responses": {
+                        "201": {"description": "The refund", **_json("Refund")},
+                        "200": {"description": "The existing refund", **_json("Refund")},
+                        **_errors(400, 401, 404, 409, 503),
+                    },
+                }
+            },
+            "/v1/refunds/{id}": {
+                "get": {
+                    "operationId": "getRefund",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {"description": "The refund", **_json("Refund")},
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/webhook-endpoints": {
+                "post": {
+                    "operationId": "createWebhookEndpoint",
+                    "parameters": [_IDEMPOTENCY],
+                    "requestBody": {"required": True, **_json("CreateWebhookEndpoint")},
+                    "responses": {
+                        "201": {"description": "The endpoint", **_json("WebhookEndpoint")},
+                        **_errors(400, 401, 409),
+                    },
+                },
+                "get": {
+                    "operationId": "listWebhookEndpoints",
+                    "responses": {
+                        "200": {"description": "Endpoints", **_json("List")},
+                        **_errors(401),
+                    },
+                },
+            },
+            "/v1/webhook-endpoints/{id}": {
+                "delete": {
+                    "operationId": "deleteWebhookEndpoint",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {"description": "The deleted endpoint", **_json("WebhookEndpoint")},
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/webhook-deliveries": {
+                "get": {
+                    "operationId": "listWebhookDeliveries",
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["pending", "succeeded", "failed"]},
+                        },
+                        {
+                            "name": "event_id",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "starting_after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "Deliveries", **_json("List")},
+                        **_errors(400, 401),
+                    },
+                }
+            },
+            "/v1/webhook-deliveries/{id}/retry": {
+                "post": {
+                    "operationId": "retryWebhookDelivery",
+                    "parameters": [_ID, _IDEMPOTENCY],
+                    "requestBody": {"required": False, **_json("Empty")},
+                    "responses": {"202": {"description": "Queued"}, **_errors(400, 401, 404, 409)},
                 }
             },
             "/v1/payments/{id}/close": {
