@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from datetime import date
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +13,8 @@ from aiohttp import web
 from gateway.api.context import Services, services
 from gateway.api.merchant import json_response
 from gateway.domain.models import rfc3339
-from gateway.errors import ApiError
+from gateway.errors import ApiError, FieldError
+from gateway.reconcile.service import settlement_summary
 from routing.health import effective_state
 
 
@@ -113,8 +115,25 @@ async def reset_channel(request: web.Request) -> web.Response:
     return json_response({"channel": name, "circuit": "closed"})
 
 
+async def settlement(request: web.Request) -> web.Response:
+    """The day's settlement per merchant and channel (`?date=YYYY-MM-DD`, China date)."""
+    svc = _authorize(request)
+    raw = request.query.get("date", "")
+    try:
+        day = date.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "date must be YYYY-MM-DD.",
+            [FieldError("date", "A date as YYYY-MM-DD is required.")],
+        ) from None
+    return json_response(await settlement_summary(svc.pool, day, svc.channels.routing))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/routing", routing_view)
     app.router.add_post("/admin/routing/reload", reload_routing)
     app.router.add_get("/admin/channels", channel_health)
     app.router.add_post("/admin/channels/{channel}/reset", reset_channel)
+    app.router.add_get("/admin/settlement", settlement)

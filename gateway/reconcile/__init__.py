@@ -1,0 +1,1 @@
+"""Reconciliation against the channels' daily statements, and the daily settlement summary."""
