@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -24,6 +25,8 @@ from gateway.api.middleware import request_context
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.secretbox import SecretBox
 from gateway.channel_health import ChannelHealthStore
+from gateway.risk.engine import RiskEngine
+from gateway.risk.loader import RiskHolder
 from gateway.services.callbacks import CallbackDispatcher
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
@@ -31,7 +34,7 @@ from gateway.services.refunds import RefundService
 from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
-from gateway.store.db import create_pool, migrate
+from gateway.store.db import Pool, create_pool, migrate
 from routing.loader import RoutingHolder
 
 log = structlog.get_logger("app")
@@ -90,8 +93,14 @@ def _lifecycle(
             AdapterContext(http=http, config_dir=str(settings.config_dir)),
             ChannelHealthStore(redis, settings.redis_prefix),
         )
+        risk = RiskEngine(RiskHolder(settings.risk_file), redis, settings.redis_prefix)
         payments = PaymentService(
-            pool, channels, settings.effective_public_url, settings.sync_schedule
+            pool,
+            channels,
+            settings.effective_public_url,
+            settings.sync_schedule,
+            risk=risk,
+            late_payment_auto_refund=settings.late_payment_auto_refund,
         )
         refunds = RefundService(
             pool, channels, settings.effective_public_url, settings.sync_schedule
@@ -129,7 +138,7 @@ def _lifecycle(
             tasks.append(asyncio.create_task(sync.run(stop), name="status-sync"))
             tasks.append(
                 asyncio.create_task(
-                    _every(settings.routing_poll_s, stop, _reload(channels)), name="routing"
+                    _every(settings.routing_poll_s, stop, _reload(channels, risk)), name="routing"
                 )
             )
             tasks.append(
@@ -137,9 +146,11 @@ def _lifecycle(
                     _every(300, stop, _purge_idempotency(pool)), name="idempotency-purge"
                 )
             )
+            reload_now = _reload(channels, risk)
             with contextlib.suppress(NotImplementedError, RuntimeError):
+                # SIGHUP: re-read the routing and risk files now rather than at the next poll
                 asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: channels.reload()
+                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_now()))
                 )
         log.info(
             "gateway_started",
@@ -162,8 +173,11 @@ def _lifecycle(
     return lifecycle
 
 
-def _reload(channels: ChannelRegistry) -> Callable[[], Awaitable[None]]:
+def _reload(
+    channels: ChannelRegistry, risk: RiskEngine
+) -> Callable[[], Coroutine[Any, Any, None]]:
     async def run() -> None:
+        risk.reload()
         before = channels.holder.reload_failures
         if channels.reload():
             metrics.ROUTING_VERSION.clear()
@@ -175,9 +189,9 @@ def _reload(channels: ChannelRegistry) -> Callable[[], Awaitable[None]]:
     return run
 
 
-def _purge_idempotency(pool: object) -> Callable[[], Awaitable[None]]:
+def _purge_idempotency(pool: Pool) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
-        await idempotency_store.purge_expired(pool)  # type: ignore[arg-type]
+        await idempotency_store.purge_expired(pool)
 
     return run
 

@@ -51,8 +51,10 @@ def _box(settings: Settings) -> Any:
 
 
 async def _with_pool(settings: Settings, job: Any) -> Any:
+    from gateway import logs
     from gateway.store.db import create_pool, migrate
 
+    logs.configure(settings.log_level, settings.log_json)  # to stderr: stdout is for --json
     endpoints = resolve_endpoints(settings)
     pool = await create_pool(endpoints.database_url, 1, 2)
     try:
@@ -103,7 +105,11 @@ def cmd_merchant(args: argparse.Namespace) -> int:
         await merchants.revoke_key(pool, args.key_id)
         print(f"revoked {args.key_id}")
 
-    job = {"create": create, "rotate-key": rotate, "revoke-key": revoke}[args.merchant_cmd]
+    async def registered(pool: Any) -> None:  # a subcommand a service added with register()
+        _print_key(await args.merchant_job(pool, box, args), args.json)
+
+    jobs = {"create": create, "rotate-key": rotate, "revoke-key": revoke}
+    job = jobs.get(args.merchant_cmd, registered)
     try:
         asyncio.run(_with_pool(settings, job))
     except merchants.MerchantError as exc:
@@ -188,7 +194,13 @@ def _serve(settings: Settings) -> None:
     endpoints = resolve_endpoints(settings)
     app = create_app(settings, endpoints)
     web.run_app(
-        app, host=settings.host, port=settings.port, print=None, access_log=None, shutdown_timeout=5
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+        reuse_port=settings.reuse_port or None,
     )
 
 
@@ -285,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--json", action="store_true")
     revoke = msub.add_parser("revoke-key", help="revoke a key")
     revoke.add_argument("--key-id", required=True)
+    from gateway.services import webhook_secrets
+
+    webhook_secrets.register(msub)
     merchant.set_defaults(fn=cmd_merchant)
 
     routes = sub.add_parser("routes", help="check and explain routing rules")
@@ -300,11 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--file", help="routing file (default GATEWAY_ROUTING_FILE)")
     explain.add_argument("--seed", type=int, default=None, help="seed weighted picks")
     routes.set_defaults(fn=cmd_routes)
+    from gateway.reconcile.cli import register
+
+    register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway import logs
+
     args = build_parser().parse_args(argv)
+    # logs go to stderr from the first line on: stdout is for --json and other answers
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
     result: int = args.fn(args)
     return result
 

@@ -54,3 +54,7 @@ ROUTING_VERSION = Gauge("gateway_routing_info", "The routing version in force", 
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Refused signatures", ["code"])
 SYNC_BACKLOG = Gauge("gateway_sync_backlog", "Open attempts due for a status query")
 EXPIRED = Counter("gateway_payments_expired_total", "Pending payments closed at expiry")
+RISK_REJECTIONS = Counter(
+    "gateway_risk_rejections_total", "Payments refused by a risk rule", ["rule"]
+)
+RISK_RELOAD_FAILURES = Counter("gateway_risk_reload_failures_total", "Risk files refused on reload")

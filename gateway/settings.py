@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """The URL channels and payers reach this gateway at; default http://host:port."""
     routing_file: Path = Path("config/routing.yaml")
+    risk_file: Path = Path("config/risk.yaml")
+    """Risk rules checked before routing; reloaded like the routing file."""
     config_dir: Path = Path("config")
     """Where adapter keys and certificates named in the routing file are resolved."""
     master_key: SecretStr | None = None
@@ -66,11 +68,17 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(20, ge=1)
     routing_poll_s: float = Field(1.0, gt=0)
     sync_poll_s: float = Field(1.0, gt=0)
+    late_payment_auto_refund: bool = False
+    """Refund automatically a payment the channel reports paid after the gateway closed it
+    (it is always recorded, logged and counted in gateway_late_payments_total)."""
     dispatcher_poll_s: float = Field(1.0, gt=0)
     dispatcher_concurrency: int = Field(32, ge=1)
     key_cache_ttl_s: float = Field(5.0, ge=0)
     """How long a verified merchant key stays cached in the process: a revoked key may still
     be accepted for this long."""
+    reuse_port: bool = False
+    """SO_REUSEPORT: several gateway processes on one host share the port (the kernel spreads
+    connections between them)."""
     background: bool = True
     """Run the background workers (callback dispatcher, routing reload) in this process."""
 

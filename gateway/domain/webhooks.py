@@ -1,12 +1,22 @@
-"""Standard Webhooks signatures (API.md §2) and the retry schedule. Pure."""
+"""Standard Webhooks signatures (API.md §2), the retry policy and the destination rules of
+callbacks. Pure: no I/O."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import ipaddress
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+RETRY_AFTER_CAP_S = 86400.0
+"""A Retry-After beyond a day is read as a day."""
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def secret_bytes(whsec: str) -> bytes:
@@ -20,13 +30,20 @@ def sign(whsec: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def headers(whsec: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(
+    whsec: str, msg_id: str, timestamp: int, body: bytes, previous: Sequence[str] = ()
+) -> dict[str, str]:
+    """The callback's headers. During a secret rotation's grace period `previous` holds the old
+    secret: `webhook-signature` then carries both signatures, space-separated, the new one first
+    (Standard Webhooks lets a receiver accept any of them)."""
+    signatures = [sign(s, msg_id, timestamp, body) for s in (whsec, *previous)]
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(whsec, msg_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
         "content-type": "application/json",
         "user-agent": "payment-gateway-webhooks/1",
+        "accept-encoding": "identity",
     }
 
 
@@ -42,11 +59,85 @@ def next_delay(
     return max(0.0, base + jitter)
 
 
-def parse_retry_after(value: str | None, cap_s: float = 86400.0) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds only; an HTTP date is ignored)."""
+def parse_retry_after(
+    value: str | None, cap_s: float = RETRY_AFTER_CAP_S, now: datetime | None = None
+) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+    None when absent, unreadable or already past."""
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit():
+    if value.isdigit():
+        return min(float(value), cap_s)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
-    return min(float(value), cap_s)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(seconds, cap_s) if seconds > 0 else None
+
+
+Verdict = Literal["succeeded", "retry", "exhausted", "gone"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt's answer means for its delivery."""
+
+    verdict: Verdict
+    delay_s: float | None = None
+    """Seconds until the next attempt (verdict `retry` only)."""
+
+    @property
+    def delivery_status(self) -> Literal["succeeded", "pending", "failed"]:
+        if self.verdict == "succeeded":
+            return "succeeded"
+        return "pending" if self.verdict == "retry" else "failed"
+
+
+def classify(
+    status_code: int | None,
+    attempts_made: int,
+    schedule: Sequence[float],
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Any 2xx is success; 410 Gone ends the delivery (and disables a subscribed endpoint);
+    anything else (another status, a redirect, no answer) is retried on the schedule, or after
+    Retry-After when a 429 or 503 gives one, until the schedule is exhausted."""
+    if status_code is not None and 200 <= status_code < 300:
+        return Outcome("succeeded")
+    if status_code == 410:
+        return Outcome("gone")
+    delay = next_delay(schedule, attempts_made, rng)
+    if delay is None:
+        return Outcome("exhausted")
+    if status_code in (429, 503) and retry_after_s is not None:
+        delay = retry_after_s  # the receiver said when it can take it
+    return Outcome("retry", delay)
+
+
+def public_address(address: str) -> bool:
+    """Whether an IP address is one callbacks may reach by default: global unicast, not
+    loopback, private, link-local, shared, reserved, or such an address dressed as IPv6."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])  # no IPv6 zone: link-local anyway
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.is_global and not ip.is_multicast
+
+
+def literal_ip(host: str) -> str | None:
+    """The host as an IP address when it is one (brackets of an IPv6 literal removed)."""
+    candidate = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None

@@ -34,7 +34,9 @@ from gateway.domain.states import (
     payment_can,
 )
 from gateway.errors import ApiError, not_found
+from gateway.risk.engine import RiskEngine
 from gateway.services.channels import ChannelRegistry
+from gateway.services.refunds import record_late_payment
 from gateway.store import payments as store
 from gateway.store.db import Connection, Pool
 from routing.engine import Candidate
@@ -58,11 +60,15 @@ class PaymentService:
         channels: ChannelRegistry,
         public_url: str,
         sync_schedule: tuple[float, ...],
+        risk: RiskEngine | None = None,
+        late_payment_auto_refund: bool = False,
     ) -> None:
         self.pool = pool
         self.channels = channels
         self.public_url = public_url
         self.sync_schedule = sync_schedule
+        self.risk = risk
+        self.late_payment_auto_refund = late_payment_auto_refund
 
     def notify_url(self, channel: str) -> str:
         return f"{self.public_url}/notify/{channel}"
@@ -72,6 +78,8 @@ class PaymentService:
         existing = await store.get_payment_by_order(self.pool, merchant_id, req.merchant_order_id)
         if existing is not None:
             return CreateOutcome(await self._existing(existing, req), created=False)
+        if self.risk is not None:
+            await self.risk.check(merchant_id, req)
 
         decision = await self.channels.decide(
             method=req.method,
@@ -450,18 +458,17 @@ class PaymentService:
             attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
             assert attempt is not None
             if result.outcome is Outcome.SUCCEEDED:
-                if payment["status"] != PaymentStatus.PENDING and payment["status"] != (
-                    PaymentStatus.SUCCEEDED
-                ):
+                if payment["status"] in (PaymentStatus.CLOSED, PaymentStatus.FAILED):
                     # paid at the channel after we closed or failed it: an operator matter
-                    log.error(
-                        "late_payment_after_final_state",
-                        payment_id=payment["id"],
-                        status=payment["status"],
-                        channel=channel,
-                        channel_order_id=channel_order_id,
+                    await record_late_payment(
+                        conn,
+                        payment,
+                        attempt,
+                        result,
+                        self.channels.adapter(channel),
+                        auto_refund=self.late_payment_auto_refund,
                     )
-                    metrics.LATE_PAYMENTS.labels(channel=channel).inc()
+                    return payment
                 if (
                     result.amount is not None
                     and result.amount != payment["amount"]
@@ -509,6 +516,10 @@ class PaymentService:
                     status=AttemptStatus.WAITING.value,
                     channel_code=result.channel_code,
                 )
+                if result.next_action is not None and payment["next_action"] is None:
+                    # a create whose answer was lost: the query gives the payer's next action
+                    next_action = {"type": result.next_action.type, "url": result.next_action.url}
+                    return await store.update_payment(conn, payment["id"], next_action=next_action)
             return payment
 
     async def apply_notification(self, channel: str, notification: Notification) -> bool:
@@ -549,11 +560,17 @@ class PaymentService:
                 metrics.CHANNEL_CALLS.labels(
                     channel=attempt["channel"], operation="query", outcome=result.outcome.value
                 ).inc()
-                updated = await self.apply_channel_result(
-                    attempt["channel"], attempt["channel_order_id"], result
+                # "no such order" for a create whose answer never came is not final: the
+                # background sync closes such an order at the channel before failing it
+                unsure = result.outcome is Outcome.FAILED and attempt["status"] != (
+                    AttemptStatus.WAITING
                 )
-                if updated is not None:
-                    row = updated
+                if not unsure:
+                    updated = await self.apply_channel_result(
+                        attempt["channel"], attempt["channel_order_id"], result
+                    )
+                    if updated is not None:
+                        row = updated
         return payment_view(row)
 
     async def close(self, merchant_id: str, payment_id: str) -> dict[str, Any]:

@@ -1,19 +1,24 @@
 """Refunds (API.md §1.5): reserved under the payment's row lock, so that the sum of refunds that
 have not failed never exceeds the payment's amount, also under concurrent requests; then sent to
-the payment's channel; settled by the channel's answer, its notification or a later query."""
+the payment's channel; settled by the channel's answer, its notification or a later query.
+
+Also the late payment: a channel that reports an order paid after the gateway closed (or failed)
+its payment. It is recorded, alerted on, and refunded automatically when the operator says so
+(`GATEWAY_LATE_PAYMENT_AUTO_REFUND`)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
-from adapters.base import ChannelResult, CreateRefund, Outcome
+from adapters.base import ChannelAdapter, ChannelResult, CreateRefund, Outcome
 from gateway import metrics, timing
 from gateway.domain.ids import new_id
-from gateway.domain.models import CreateRefundRequest, event_body, refund_view
+from gateway.domain.models import CreateRefundRequest, Row, event_body, refund_view
 from gateway.domain.states import PaymentStatus, RefundStatus, refund_can
 from gateway.errors import ApiError, not_found
 from gateway.services.channels import ChannelRegistry
@@ -30,6 +35,11 @@ class RefundOutcome:
     created: bool
 
 
+def next_sync_at(schedule: tuple[float, ...], sync_count: int) -> datetime:
+    delay = schedule[min(sync_count, len(schedule) - 1)]
+    return datetime.now(UTC) + timedelta(seconds=delay)
+
+
 class RefundService:
     def __init__(
         self,
@@ -42,10 +52,6 @@ class RefundService:
         self.channels = channels
         self.public_url = public_url
         self.sync_schedule = sync_schedule
-
-    def _next_sync_at(self, sync_count: int) -> datetime:
-        delay = self.sync_schedule[min(sync_count, len(self.sync_schedule) - 1)]
-        return datetime.now(UTC) + timedelta(seconds=delay)
 
     async def create(
         self, merchant_id: str, payment_id: str, req: CreateRefundRequest
@@ -91,69 +97,81 @@ class RefundService:
                     f"The payment's channel {attempt['channel']} is not configured.",
                     headers={"Retry-After": "60"},
                 )
-            refund_id = new_id("re")
-            row = await store.insert_refund(
+            row = await reserve_refund(
                 conn,
-                {
-                    "id": refund_id,
-                    "payment_id": payment_id,
-                    "merchant_id": merchant_id,
-                    "merchant_refund_id": req.merchant_refund_id,
-                    "amount": req.amount,
-                    "currency": payment["currency"],
-                    "reason": req.reason,
-                    "channel": attempt["channel"],
-                    "channel_order_id": attempt["channel_order_id"],
-                    "channel_refund_id": adapter.channel_refund_id(refund_id),
-                    "next_sync_at": self._next_sync_at(0),
-                },
+                payment,
+                attempt,
+                adapter,
+                merchant_refund_id=req.merchant_refund_id,
+                amount=req.amount,
+                reason=req.reason,
+                # should this process stop before the channel answers, the sync finds out
+                first_sync_at=next_sync_at(self.sync_schedule, 0),
             )
-            await payment_store.update_payment(
-                conn, payment_id, refund_reserved=payment["refund_reserved"] + req.amount
-            )
-        started = datetime.now(UTC)
+        updated = await self.send(row, payment["amount"])
+        return RefundOutcome(refund_view(updated), created=True)
+
+    async def send(self, refund: Row, total_amount: int) -> Any:
+        """Send a pending refund to its channel and apply the answer. Safe to repeat: every
+        channel keeps one refund per `channel_refund_id` and answers a repeat with it."""
+        adapter = self.channels.adapter(refund["channel"])
+        if adapter is None:
+            log.warning("refund_channel_missing", refund_id=refund["id"], channel=refund["channel"])
+            return refund
+        started = asyncio.get_running_loop().time()
         try:
             result = await adapter.refund(
                 CreateRefund(
-                    channel_order_id=row["channel_order_id"],
-                    channel_refund_id=row["channel_refund_id"],
-                    amount=row["amount"],
-                    total_amount=payment["amount"],
-                    currency=row["currency"],
-                    notify_url=f"{self.public_url}/notify/{row['channel']}",
-                    reason=row["reason"],
+                    channel_order_id=refund["channel_order_id"],
+                    channel_refund_id=refund["channel_refund_id"],
+                    amount=refund["amount"],
+                    total_amount=total_amount,
+                    currency=refund["currency"],
+                    notify_url=f"{self.public_url}/notify/{refund['channel']}",
+                    reason=refund["reason"],
                 )
             )
         except Exception as exc:  # the reservation stands; the sync will ask the channel
-            log.exception("adapter_refund_crashed", refund_id=refund_id)
-            result = ChannelResult(outcome=Outcome.UNKNOWN, channel_code="ADAPTER_ERROR",
-                                   channel_message=repr(exc))  # fmt: skip
-        timing.add_channel_time((datetime.now(UTC) - started).total_seconds())
+            log.exception("adapter_refund_crashed", refund_id=refund["id"])
+            result = ChannelResult(
+                outcome=Outcome.UNKNOWN, channel_code="ADAPTER_ERROR", channel_message=repr(exc)
+            )
+        timing.add_channel_time(asyncio.get_running_loop().time() - started)
         metrics.CHANNEL_CALLS.labels(
-            channel=row["channel"], operation="refund", outcome=result.outcome.value
+            channel=refund["channel"], operation="refund", outcome=result.outcome.value
         ).inc()
-        updated = await self.apply_result(row["channel"], row["channel_refund_id"], result)
-        return RefundOutcome(refund_view(updated or row), created=True)
+        updated = await self.apply_result(refund["channel"], refund["channel_refund_id"], result)
+        return updated if updated is not None else refund
 
     async def apply_result(
         self, channel: str, channel_refund_id: str, result: ChannelResult
     ) -> Any | None:
-        """Apply what the channel says about a refund, once, under the payment's row lock."""
+        """Apply what the channel says about a refund (its answer, a notification or a query),
+        once, under the payment's row lock. Returns the refund row, or None for a refund we do
+        not know."""
+        target = {Outcome.SUCCEEDED: RefundStatus.SUCCEEDED, Outcome.FAILED: RefundStatus.FAILED}
         async with self.pool.acquire() as conn, conn.transaction():
             refund = await store.get_by_channel_refund_id(conn, channel, channel_refund_id)
             if refund is None:
                 return None
-            await payment_store.lock_payment(conn, refund["payment_id"])
+            if result.outcome not in target or not refund_can(
+                refund["status"], target[result.outcome]
+            ):
+                return refund
+            payment = await payment_store.lock_payment(conn, refund["payment_id"])
+            assert payment is not None
+            # re-read under the payment's lock: a concurrent path may have settled it
             refund = await store.get_by_channel_refund_id(conn, channel, channel_refund_id)
             assert refund is not None
-            if result.outcome is Outcome.SUCCEEDED:
-                return await self._settle(conn, refund, RefundStatus.SUCCEEDED, result)
-            if result.outcome is Outcome.FAILED:
-                return await self._settle(conn, refund, RefundStatus.FAILED, result)
-            return refund
+            return await self._settle(conn, payment, refund, target[result.outcome], result)
 
     async def _settle(
-        self, conn: Connection, refund: Any, target: RefundStatus, result: ChannelResult
+        self,
+        conn: Connection,
+        payment: Row,
+        refund: Row,
+        target: RefundStatus,
+        result: ChannelResult,
     ) -> Any:
         if not refund_can(refund["status"], target):
             return refund
@@ -172,12 +190,10 @@ class RefundService:
             result.channel_code,
             failure,
         )
-        payment = await payment_store.lock_payment(conn, refund["payment_id"])
-        assert payment is not None
         changes: dict[str, Any] = {"refund_reserved": payment["refund_reserved"] - refund["amount"]}
         if target is RefundStatus.SUCCEEDED:
             changes["refunded_amount"] = payment["refunded_amount"] + refund["amount"]
-        payment = await payment_store.update_payment(conn, payment["id"], **changes)
+        await payment_store.update_payment(conn, payment["id"], **changes)
         event_type = f"refund.{target.value}"
         event_id = new_id("evt")
         await payment_store.insert_event(
@@ -191,7 +207,13 @@ class RefundService:
             created_at=now,
             notify_url=payment["notify_url"],
         )
-        log.info("refund_settled", refund_id=refund["id"], status=target.value)
+        log.info(
+            "refund_settled",
+            refund_id=refund["id"],
+            payment_id=refund["payment_id"],
+            status=target.value,
+            channel_code=result.channel_code,
+        )
         return updated
 
     async def get(self, merchant_id: str, refund_id: str) -> dict[str, Any]:
@@ -199,3 +221,116 @@ class RefundService:
         if row is None:
             raise not_found("refund")
         return refund_view(row)
+
+
+async def reserve_refund(
+    conn: Connection,
+    payment: Row,
+    attempt: Row,
+    adapter: ChannelAdapter,
+    *,
+    merchant_refund_id: str,
+    amount: int,
+    reason: str | None,
+    first_sync_at: datetime,
+) -> Any:
+    """Insert a pending refund of one attempt and reserve its amount on the payment. The
+    caller holds the payment's row lock and has checked that the amount is available."""
+    refund_id = new_id("re")
+    row = await store.insert_refund(
+        conn,
+        {
+            "id": refund_id,
+            "payment_id": payment["id"],
+            "merchant_id": payment["merchant_id"],
+            "merchant_refund_id": merchant_refund_id,
+            "amount": amount,
+            "currency": payment["currency"],
+            "reason": reason,
+            "channel": attempt["channel"],
+            "channel_order_id": attempt["channel_order_id"],
+            "channel_refund_id": adapter.channel_refund_id(refund_id),
+            "next_sync_at": first_sync_at,
+        },
+    )
+    await payment_store.update_payment(
+        conn, payment["id"], refund_reserved=payment["refund_reserved"] + amount
+    )
+    return row
+
+
+LATE_REFUND_REASON = "Paid after the payment was closed"
+
+
+async def record_late_payment(
+    conn: Connection,
+    payment: Row,
+    attempt: Row,
+    result: ChannelResult,
+    adapter: ChannelAdapter | None,
+    *,
+    auto_refund: bool,
+) -> None:
+    """The channel reports `attempt` paid although its payment is closed or failed (the payer
+    paid as we closed it, or after). In the caller's transaction, under the payment's row lock:
+    record it once (an audit event, the channel's trade number on the attempt), alert the
+    operators (log and metric), and, when `auto_refund`, reserve a refund of what was paid,
+    which the status sync sends to the channel right after commit (durably: a crash before the
+    channel answered is picked up the same way)."""
+    channel_order_id = attempt["channel_order_id"]
+    if await store.late_payment_recorded(conn, payment["id"], channel_order_id):
+        return  # a repeated notification: recorded and alerted already
+    paid = result.amount if result.amount is not None else payment["amount"]
+    available = payment["amount"] - payment["refunded_amount"] - payment["refund_reserved"]
+    refund = None
+    if auto_refund and adapter is not None and 0 < paid <= available:
+        refund = await reserve_refund(
+            conn,
+            payment,
+            attempt,
+            adapter,
+            merchant_refund_id=f"late_{channel_order_id}"[:64],
+            amount=paid,
+            reason=LATE_REFUND_REASON,
+            first_sync_at=datetime.now(UTC),
+        )
+    await payment_store.update_attempt(
+        conn,
+        attempt["id"],
+        channel_trade_no=result.channel_trade_no or attempt["channel_trade_no"],
+        channel_code=result.channel_code,
+        channel_message="paid at the channel after the payment was " + payment["status"],
+    )
+    now = datetime.now(UTC)
+    await store.record_late_payment(
+        conn,
+        event_id=new_id("evt"),
+        merchant_id=payment["merchant_id"],
+        payment_id=payment["id"],
+        refund_id=refund["id"] if refund is not None else None,
+        payload={
+            "payment_id": payment["id"],
+            "payment_status": payment["status"],
+            "channel": attempt["channel"],
+            "channel_order_id": channel_order_id,
+            "channel_trade_no": result.channel_trade_no,
+            "amount": paid,
+            "paid_at": result.paid_at.isoformat() if result.paid_at else None,
+            "auto_refund_id": refund["id"] if refund is not None else None,
+        },
+        created_at=now,
+    )
+    metrics.LATE_PAYMENTS.labels(channel=attempt["channel"]).inc()
+    log.error(
+        "late_payment_after_final_state",
+        alert=True,
+        payment_id=payment["id"],
+        merchant_id=payment["merchant_id"],
+        status=payment["status"],
+        channel=attempt["channel"],
+        channel_order_id=channel_order_id,
+        channel_trade_no=result.channel_trade_no,
+        amount=paid,
+        auto_refund_id=refund["id"] if refund is not None else None,
+        action="refunding automatically" if refund is not None else "refund it by hand",
+    )

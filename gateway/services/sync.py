@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from adapters.base import Outcome
+from adapters.base import ChannelAdapter, ChannelResult, Outcome
 from gateway import metrics
-from gateway.domain.states import AttemptStatus, PaymentStatus
+from gateway.domain.states import AttemptStatus, PaymentStatus, RefundStatus
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
@@ -53,9 +53,9 @@ WITH due AS (
 )
 UPDATE refunds r
    SET next_sync_at = now() + interval '{LEASE_S} seconds', sync_count = r.sync_count + 1
-  FROM due
- WHERE r.id = due.id
-RETURNING r.id, r.channel, r.channel_order_id, r.channel_refund_id, r.sync_count
+  FROM due, payments p
+ WHERE r.id = due.id AND p.id = r.payment_id
+RETURNING r.*, p.amount AS total_amount
 """  # noqa: S608 - constants only
 
 
@@ -119,10 +119,14 @@ class StatusSync:
             bound.warning("sync_channel_missing")
             return
         try:
-            result = await adapter.query_payment(row["channel_order_id"])
-            metrics.CHANNEL_CALLS.labels(
-                channel=row["channel"], operation="query", outcome=result.outcome.value
-            ).inc()
+            result = await self._query(adapter, row["channel"], row["channel_order_id"])
+            if result.outcome is Outcome.FAILED and row["status"] != AttemptStatus.WAITING:
+                # the create's answer never came: the order may still reach the channel (a
+                # request in flight, a channel that acts after timing out), so close it there
+                # first, that a late create cannot open it for payment
+                closed = await self._close(adapter, row["channel"], row["channel_order_id"])
+                if closed.outcome is not Outcome.SUCCEEDED:
+                    result = await self._query(adapter, row["channel"], row["channel_order_id"])
             if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.WAITING):
                 await self.payments.apply_channel_result(
                     row["channel"], row["channel_order_id"], result
@@ -138,11 +142,25 @@ class StatusSync:
             bound.exception("sync_attempt_failed")
             await self._reschedule_attempt(row)
 
-    async def _expire(self, row: dict[str, Any], adapter: Any) -> None:
-        close = await adapter.close_payment(row["channel_order_id"])
+    async def _query(self, adapter: ChannelAdapter, channel: str, order_id: str) -> ChannelResult:
+        result = await adapter.query_payment(order_id)
+        metrics.CHANNEL_CALLS.labels(
+            channel=channel, operation="query", outcome=result.outcome.value
+        ).inc()
+        return result
+
+    async def _close(self, adapter: ChannelAdapter, channel: str, order_id: str) -> ChannelResult:
+        result = await adapter.close_payment(order_id)
+        metrics.CHANNEL_CALLS.labels(
+            channel=channel, operation="close", outcome=result.outcome.value
+        ).inc()
+        return result
+
+    async def _expire(self, row: dict[str, Any], adapter: ChannelAdapter) -> None:
+        close = await self._close(adapter, row["channel"], row["channel_order_id"])
         if close.outcome is not Outcome.SUCCEEDED:
             # it may have been paid in the meantime: the channel's word decides
-            query = await adapter.query_payment(row["channel_order_id"])
+            query = await self._query(adapter, row["channel"], row["channel_order_id"])
             if query.outcome is Outcome.SUCCEEDED:
                 await self.payments.apply_channel_result(
                     row["channel"], row["channel_order_id"], query
@@ -169,17 +187,27 @@ class StatusSync:
         )
 
     async def _sync_refund(self, row: dict[str, Any]) -> None:
+        """Ask the channel about a pending refund. Succeeded or failed settles it. When the
+        channel says it has no such refund (or that it failed), the refund is sent again, and
+        the answer to that decides: channels keep one refund per refund id, so a repeat never
+        refunds twice, and a refund that never reached the channel (a timeout, a crash before
+        the call) gets there."""
         adapter = self.channels.adapter(row["channel"])
         if adapter is None:
+            log.warning("sync_channel_missing", refund_id=row["id"], channel=row["channel"])
             return
         try:
             result = await adapter.query_refund(row["channel_order_id"], row["channel_refund_id"])
             metrics.CHANNEL_CALLS.labels(
                 channel=row["channel"], operation="refund_query", outcome=result.outcome.value
             ).inc()
-            if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+            if result.outcome is Outcome.SUCCEEDED:
                 await self.refunds.apply_result(row["channel"], row["channel_refund_id"], result)
                 return
+            if result.outcome is Outcome.FAILED:
+                sent = await self.refunds.send(row, row["total_amount"])
+                if sent["status"] != RefundStatus.PENDING:
+                    return
         except Exception:
             log.exception("sync_refund_failed", refund_id=row["id"])
         await self.pool.execute(

@@ -1,8 +1,9 @@
-"""Refund rows."""
+"""Refund rows, and the record of a payment the channel reports paid after we closed it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -93,3 +94,44 @@ async def settle_refund(
     )
     assert row is not None
     return row
+
+
+LATE_PAYMENT_EVENT = "payment.paid_after_close"
+"""An internal event (never delivered to merchants): the channel reports an order paid after
+the gateway closed or failed its payment."""
+
+
+async def late_payment_recorded(conn: Connection, payment_id: str, channel_order_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE payment_id = $1 AND type = $2"
+            " AND payload->>'channel_order_id' = $3)",
+            payment_id,
+            LATE_PAYMENT_EVENT,
+            channel_order_id,
+        )
+    )
+
+
+async def record_late_payment(
+    conn: Connection,
+    *,
+    event_id: str,
+    merchant_id: str,
+    payment_id: str,
+    refund_id: str | None,
+    payload: dict[str, Any],
+    created_at: datetime,
+) -> None:
+    """The audit row of a late payment: an event with no deliveries."""
+    await conn.execute(
+        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        event_id,
+        merchant_id,
+        LATE_PAYMENT_EVENT,
+        payment_id,
+        refund_id,
+        payload,
+        created_at,
+    )

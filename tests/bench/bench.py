@@ -62,7 +62,7 @@ def wait_ready(url: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -98,7 +98,9 @@ class Bench:
         }
 
     # ---- processes ----------------------------------------------------------------------
-    def start(self, *cmd: str, env: dict[str, str] | None = None, log: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, *cmd: str, env: dict[str, str] | None = None, log: str
+    ) -> subprocess.Popen[bytes]:
         out = (self.tmp / log).open("wb")
         proc = subprocess.Popen(cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
@@ -121,10 +123,21 @@ class Bench:
     # ---- measurements -------------------------------------------------------------------
     def loadgen(self, url: str, *extra: str) -> dict[str, Any]:
         out = subprocess.run(
-            [str(BIN / "python"), str(ROOT / "tests/bench/loadgen.py"), "--url", url,
-             "--merchant-file", str(self.tmp / "merchant.json"), "--json", *extra],
-            capture_output=True, text=True, check=False, env=self.env,
-        )  # fmt: skip
+            [
+                str(BIN / "python"),
+                str(ROOT / "tests/bench/loadgen.py"),
+                "--url",
+                url,
+                "--merchant-file",
+                str(self.tmp / "merchant.json"),
+                "--json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.env,
+        )
         if not out.stdout.strip():
             raise SystemExit(f"loadgen failed: {out.stderr[-2000:]}")
         result: dict[str, Any] = json.loads(out.stdout)
@@ -139,8 +152,9 @@ class Bench:
     def scenario(self, name: str, gateway_pids: list[int], *load: str) -> dict[str, Any]:
         cpu_before = {pid: cpu_seconds(pid) for pid in gateway_pids}
         commits_before, payments_before = self.commits(), self.payments()
-        result = self.loadgen(f"http://127.0.0.1:{GW_PORT}", "--duration",
-                              str(self.args.duration), *load)  # fmt: skip
+        result = self.loadgen(
+            f"http://127.0.0.1:{GW_PORT}", "--duration", str(self.args.duration), *load
+        )
         time.sleep(0.5)  # let pg_stat_database catch up
         created = self.payments() - payments_before
         commits = self.commits() - commits_before
@@ -160,14 +174,20 @@ class Bench:
         results: list[dict[str, Any]] = []
         psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         psql(f"CREATE DATABASE {DB}")
-        subprocess.run([str(BIN / "gateway"), "migrate"], env=self.env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [str(BIN / "gateway"), "migrate"], env=self.env, check=True, capture_output=True
+        )
         merchant = subprocess.run(
             [str(BIN / "gateway"), "merchant", "create", "--name", "bench", "--json"],
-            env=self.env, check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         (self.tmp / "merchant.json").write_text(merchant.stdout)
-        sims = self.start(str(BIN / "gateway"), "simulators", "--port", str(SIM_PORT), log="sims.log")
+        sims = self.start(
+            str(BIN / "gateway"), "simulators", "--port", str(SIM_PORT), log="sims.log"
+        )
         del sims
 
         # one gateway process
@@ -176,21 +196,25 @@ class Bench:
         self.loadgen(f"http://127.0.0.1:{GW_PORT}", "--duration", "3", "--concurrency", "8")
         results.append(self.scenario("closed loop, 1 process", [gw.pid], "--concurrency", "32"))
         results.append(
-            self.scenario("rate 500/s, 1 process", [gw.pid], "--rate", "500",
-                          "--concurrency", "256")  # fmt: skip
+            self.scenario(
+                "rate 500/s, 1 process", [gw.pid], "--rate", "500", "--concurrency", "256"
+            )
         )
         if self.args.seed_rows:
             seeded = self.seed(self.args.seed_rows)
             results.append(
-                self.scenario(f"closed loop, 1 process, {seeded:,} rows", [gw.pid],
-                              "--concurrency", "32")  # fmt: skip
+                self.scenario(
+                    f"closed loop, 1 process, {seeded:,} rows", [gw.pid], "--concurrency", "32"
+                )
             )
         self.stop(gw)
 
         # two processes sharing the port
         env2 = {**self.env, "GATEWAY_REUSE_PORT": "true"}
-        gws = [self.start(str(BIN / "gateway"), "serve", env=env2, log=f"gateway{i}.log")
-               for i in range(2)]  # fmt: skip
+        gws = [
+            self.start(str(BIN / "gateway"), "serve", env=env2, log=f"gateway{i}.log")
+            for i in range(2)
+        ]
         wait_ready(f"http://127.0.0.1:{GW_PORT}/readyz")
         time.sleep(1)
         results.append(
@@ -200,11 +224,20 @@ class Bench:
             self.stop(proc)
 
         # the reference: a bare aiohttp JSON endpoint on the same machine
-        ref = self.start(str(BIN / "python"), str(ROOT / "tests/bench/bare_aiohttp.py"),
-                         str(REF_PORT), log="ref.log")  # fmt: skip
+        ref = self.start(
+            str(BIN / "python"),
+            str(ROOT / "tests/bench/bare_aiohttp.py"),
+            str(REF_PORT),
+            log="ref.log",
+        )
         wait_ready(f"http://127.0.0.1:{REF_PORT}/healthz")
-        result = self.loadgen(f"http://127.0.0.1:{REF_PORT}", "--duration",
-                              str(self.args.duration), "--concurrency", "32")  # fmt: skip
+        result = self.loadgen(
+            f"http://127.0.0.1:{REF_PORT}",
+            "--duration",
+            str(self.args.duration),
+            "--concurrency",
+            "32",
+        )
         result["scenario"] = "bare aiohttp JSON endpoint (reference)"
         results.append(result)
         self.stop(ref)
