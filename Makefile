@@ -21,13 +21,14 @@ NEW_MASTER_KEY := $(BIN)/python -c 'import base64, os; print(base64.urlsafe_b64e
 BENCH_DURATION ?= 20
 PG_ADMIN := psql -h 127.0.0.1 -U postgres -d postgres -X -q -v ON_ERROR_STOP=1
 
-.PHONY: help install run test lint bench clean distclean
+.PHONY: help install run test lint bench chaos clean distclean
 
 help:
 	@echo 'make run        start the gateway on embedded PostgreSQL + Redis under ./var, with simulators'
 	echo 'make test       ruff, mypy, import contracts and pytest (needs PostgreSQL and Redis on 127.0.0.1)'
 	echo 'make lint       ruff, mypy and import contracts only'
 	echo 'make bench      load test POST /v1/payments against a gateway on the local PostgreSQL/Redis'
+	echo 'make chaos      the full fault-injection suite (restarts the local PostgreSQL and Redis!)'
 	echo 'make install    create .venv and install the gateway with its dev tools'
 	echo 'make clean      remove caches and build files; make distclean also removes .venv and var/'
 
@@ -74,6 +75,13 @@ test: $(INSTALLED_EMBEDDED)
 # as the reference; add BENCH_ARGS=--seed-rows=10000000 for latency against a large table.
 bench: $(INSTALLED)
 	$(BIN)/python tests/bench/bench.py --duration $(BENCH_DURATION) $(BENCH_ARGS)
+
+# The fault-injection suite's full form (tests/chaos, pytest marker `chaos`): real gateway
+# processes under kill -9, faulty channels, a slow receiver, two processes, schemathesis, and
+# restarts of this machine's shared PostgreSQL and Redis. `make test` runs its short form.
+# Figures: var/chaos/*.json (docs/reliability.md).
+chaos: $(INSTALLED)
+	$(BIN)/pytest -m chaos tests/chaos -v
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

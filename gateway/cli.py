@@ -51,10 +51,8 @@ def _box(settings: Settings) -> Any:
 
 
 async def _with_pool(settings: Settings, job: Any) -> Any:
-    from gateway import logs
     from gateway.store.db import create_pool, migrate
 
-    logs.configure(settings.log_level, settings.log_json)  # to stderr: stdout is for --json
     endpoints = resolve_endpoints(settings)
     pool = await create_pool(endpoints.database_url, 1, 2)
     try:

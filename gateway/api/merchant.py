@@ -70,7 +70,31 @@ def _decode_json(request: web.Request, body: bytes) -> Any:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "The body must be a JSON object.")
+    if b"\\u0000" in body:  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
+        where = _nul_field(data)
+        if where is not None:
+            raise ApiError(400, "invalid_request", NUL_REFUSED, [FieldError(where, NUL_REFUSED)])
     return data
+
+
+NUL_REFUSED = "NUL characters (U+0000) are not accepted."
+
+
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first key or string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if not isinstance(value, dict | list):
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return here
+        found = _nul_field(item, here)
+        if found is not None:
+            return found
+    return None
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -96,6 +120,8 @@ def merchant_endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Stre
             request.method, request.raw_path, body, request.headers.get("Authorization")
         )
         structlog.contextvars.bind_contextvars(merchant_id=merchant.merchant_id)
+        if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+            raise ApiError(400, "invalid_request", NUL_REFUSED)
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or key is None:
             data = _decode_json(request, body) if request.method == "POST" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -16,6 +17,14 @@ from gateway.errors import ApiError
 log = structlog.get_logger("http")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
+"""Errors that mean the database could not be reached (as opposed to a bug)."""
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -65,6 +74,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             413: "The body is larger than 64 KiB.",
         }.get(exc.status, exc.reason)
         response = problem_response(ApiError(exc.status, code, detail), request_id)
+    except DATABASE_AWAY as exc:
+        # PostgreSQL restarting or unreachable: nothing was committed by this request
+        log.error("database_unavailable", path=request.path, error=repr(exc))
+        response = problem_response(
+            ApiError(
+                503,
+                "service_unavailable",
+                "The database is unavailable; retry shortly.",
+                headers={"Retry-After": "2"},
+            ),
+            request_id,
+        )
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = problem_response(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from pydantic import BaseModel
+
 from gateway.domain.models import (
     CreatePaymentRequest,
     CreateRefundRequest,
@@ -85,6 +87,17 @@ _IDEMPOTENCY = {
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _model_schemas(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """Component schemas of request models, with their nested models (pydantic's `$defs`)
+    hoisted beside them, so that every `$ref` resolves from the document's root."""
+    out: dict[str, Any] = {}
+    for name, model in models.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[name] = schema
+    return out
+
+
 @lru_cache(maxsize=4)
 def openapi_document(server_url: str) -> dict[str, Any]:
     payment_ok = {"description": "The payment", **_json("Payment")}
@@ -106,10 +119,14 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 }
             },
             "schemas": {
-                "CreatePayment": CreatePaymentRequest.model_json_schema(),
-                "Empty": EmptyRequest.model_json_schema(),
-                "CreateRefund": CreateRefundRequest.model_json_schema(),
-                "CreateWebhookEndpoint": CreateWebhookEndpointRequest.model_json_schema(),
+                **_model_schemas(
+                    {
+                        "CreatePayment": CreatePaymentRequest,
+                        "Empty": EmptyRequest,
+                        "CreateRefund": CreateRefundRequest,
+                        "CreateWebhookEndpoint": CreateWebhookEndpointRequest,
+                    }
+                ),
                 "Refund": {"type": "object"},
                 "WebhookEndpoint": {"type": "object"},
                 "List": {

@@ -39,6 +39,9 @@ class Payer(_Strict):
 
 
 def _check_url(value: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        # urlsplit silently drops tabs and newlines: refuse them (header injection)
+        raise ValueError("must not contain whitespace or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")

@@ -12,7 +12,6 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import structlog
 
 from adapters.base import ChannelAdapter, ChannelResult, Outcome
@@ -90,7 +89,7 @@ class StatusSync:
         while not stop.is_set():
             try:
                 busy = await self.run_once()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:  # also asyncpg's InterfaceError: the loop must not die
                 log.warning("sync_db_error", error=repr(exc))
                 busy = 0
             if busy:

@@ -1,0 +1,1 @@
+"""Fault-injection suite: real gateway processes under faults (make chaos)."""
