@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
@@ -25,6 +24,7 @@ from gateway.api.middleware import request_context
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.secretbox import SecretBox
 from gateway.channel_health import ChannelHealthStore
+from gateway.http_client import channel_session
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
 from gateway.services.callbacks import CallbackDispatcher
@@ -79,10 +79,7 @@ def _lifecycle(
         async with pool.acquire() as conn:
             await migrate(conn)
         redis = aioredis.from_url(endpoints.redis_url)
-        http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
+        http = channel_session()
         box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
         if box is None:
             log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")

@@ -58,3 +58,8 @@ RISK_REJECTIONS = Counter(
     "gateway_risk_rejections_total", "Payments refused by a risk rule", ["rule"]
 )
 RISK_RELOAD_FAILURES = Counter("gateway_risk_reload_failures_total", "Risk files refused on reload")
+BREAKER_STATE = Gauge(
+    "gateway_channel_breaker_state",
+    "Circuit breaker per channel as this process last read it: 0 closed, 1 half-open, 2 open",
+    ["channel"],
+)

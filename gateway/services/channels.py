@@ -12,12 +12,14 @@ import structlog
 
 from adapters.base import AdapterContext, ChannelAdapter
 from adapters.registry import build_adapter
+from gateway import metrics
 from gateway.channel_health import ChannelHealthStore
 from routing.engine import PaymentFacts, RouteDecision, route
-from routing.health import ChannelHealth, SuccessStats
+from routing.health import HEALTHY, BreakerState, ChannelHealth, SuccessStats, effective_state
 from routing.loader import LoadedRouting, RoutingHolder
 
 HEALTH_CACHE_S = 0.25
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 log = structlog.get_logger("channels")
 
@@ -112,6 +114,11 @@ class ChannelRegistry:
             log.warning("channel_health_unavailable", error=repr(exc))
             return {}, {}
         self._health_cache = (now + HEALTH_CACHE_S, names, dict(health), dict(stats))
+        breaker = self.holder.current.config.settings.breaker
+        wall = time.time()
+        for name in names:
+            state = effective_state(health.get(name, HEALTHY), wall, breaker)
+            metrics.BREAKER_STATE.labels(channel=name).set(_BREAKER_GAUGE[state])
         return health, stats
 
     async def acquire_probe(self, channel: str) -> bool:

@@ -245,6 +245,9 @@ async def test_circuit_opens_under_faults_is_shared_and_closes_after_recovery(
         skipped = await gw2.client(merchant).create_payment()
         assert skipped.status == 201 and skipped.json["channel"] == "bank_b"
         assert [a["channel"] for a in await attempts(db, skipped.json["id"])] == ["bank_b"]
+        async with gw2.http.get(gw2.url + "/metrics") as resp:
+            exported = await resp.text()
+        assert 'gateway_channel_breaker_state{channel="bank_a"} 2.0' in exported
 
         # recovery: after open_s the next payment probes bank_a, which now answers
         await set_faults(bank_a, error_rate=0)
