@@ -170,9 +170,7 @@ def _lifecycle(
     return lifecycle
 
 
-def _reload(
-    channels: ChannelRegistry, risk: RiskEngine
-) -> Callable[[], Coroutine[Any, Any, None]]:
+def _reload(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Coroutine[Any, Any, None]]:
     async def run() -> None:
         risk.reload()
         before = channels.holder.reload_failures
