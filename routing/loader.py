@@ -10,11 +10,11 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -271,19 +271,34 @@ def load_routing(path: str | Path, env: Mapping[str, str] | None = None) -> Load
 # ---- hot reload -----------------------------------------------------------------------------
 
 
-class RoutingHolder:
-    """The rules in force, swapped atomically when the file changes to a valid one.
+class _Versioned(Protocol):
+    @property
+    def digest(self) -> str: ...
 
-    Construction loads the file and raises RoutingError if it is invalid (refuse to start).
-    Readers take `holder.current` once per decision; `reload()` replaces that reference in one
-    assignment, so a decision always sees one whole version.
+
+V = TypeVar("V", bound=_Versioned)
+
+
+class FileHolder(Generic[V]):
+    """Rules from a file, swapped atomically when the file changes to a valid version.
+
+    `load(path)` reads and parses the file and `parse(raw, path)` parses bytes already read;
+    both raise `RoutingError` (or a subclass). Construction loads the file and raises if it is
+    missing or invalid (refuse to start). Readers take `holder.current` once per decision;
+    `reload()` replaces that reference in one assignment, so a decision always sees one whole
+    version.
     """
 
-    def __init__(self, path: str | Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        load: Callable[[Path], V],
+        parse: Callable[[bytes, Path], V],
+    ) -> None:
         self.path = Path(path)
-        self._env = env
+        self._parse = parse
         self._lock = threading.Lock()
-        self._current = load_routing(self.path, env)
+        self._current = load(self.path)
         self._refused: str | None = None
         self.last_error: str | None = None
         """The latest refusal (kept after a later success: see `stale`)."""
@@ -292,7 +307,7 @@ class RoutingHolder:
         self.reloads = 0
 
     @property
-    def current(self) -> LoadedRouting:
+    def current(self) -> V:
         return self._current
 
     @property
@@ -319,7 +334,7 @@ class RoutingHolder:
             if digest == self._refused:
                 return False
             try:
-                loaded = parse_routing(raw, self.path, self._env)
+                loaded = self._parse(raw, self.path)
             except RoutingError as exc:
                 self._refuse(digest, str(exc))
                 return False
@@ -335,3 +350,12 @@ class RoutingHolder:
         self.last_error = message
         self.last_error_at = datetime.now(UTC)
         self.reload_failures += 1
+
+
+class RoutingHolder(FileHolder[LoadedRouting]):
+    """The routing rules in force (see `FileHolder`); `${NAME}`s expand from `env`."""
+
+    def __init__(self, path: str | Path, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(
+            path, lambda p: load_routing(p, env), lambda raw, p: parse_routing(raw, p, env)
+        )

@@ -5,7 +5,6 @@ refused), line map and error wording this reuses, so both files fail alike."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from gateway.risk.rules import RiskRules
 from gateway.risk.schema import RiskConfig, semantic_errors
 from routing.loader import (
+    FileHolder,
     RoutingError,
     _format_validation,
     _line_map,
@@ -84,66 +84,9 @@ def load_risk(path: str | Path) -> LoadedRisk:
     return parse_risk(raw, path)
 
 
-class RiskHolder:
-    """The risk rules in force, swapped atomically when the file changes to a valid one.
-
-    Construction loads the file and raises RiskError if it is missing or invalid (refuse to
-    start). Readers take `holder.current` once per check; `reload()` replaces that reference in
-    one assignment, so a check always sees one whole version.
-    """
+class RiskHolder(FileHolder[LoadedRisk]):
+    """The risk rules in force, swapped atomically when the file changes to a valid one (the
+    same reload rules as routing: see `routing.loader.FileHolder`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._current = load_risk(self.path)
-        self._refused: str | None = None
-        self.last_error: str | None = None
-        """The latest refusal (kept after a later success: see `stale`)."""
-        self.last_error_at: datetime | None = None
-        self.reload_failures = 0
-        self.reloads = 0
-
-    @property
-    def current(self) -> LoadedRisk:
-        return self._current
-
-    @property
-    def stale(self) -> bool:
-        """True while the file on disk is one that was refused (the rules in force are older)."""
-        return self._refused is not None
-
-    def reload(self) -> bool:
-        """Re-read the file; swap in its rules if its content changed and is valid. Returns
-        whether the rules in force changed. An invalid (or unreadable) file is refused whole,
-        once per distinct content: `last_error`, `last_error_at` and `reload_failures` record
-        it, and the old rules keep serving."""
-        with self._lock:
-            try:
-                raw = self.path.read_bytes()
-            except OSError as exc:
-                message = f"(file): cannot read {self.path}: {exc.strerror or exc}"
-                self._refuse(f"oserror:{message}", message)
-                return False
-            digest = hashlib.sha256(raw).hexdigest()
-            if digest == self._current.digest:
-                self._refused = None
-                return False
-            if digest == self._refused:
-                return False
-            try:
-                loaded = parse_risk(raw, self.path)
-            except RiskError as exc:
-                self._refuse(digest, str(exc))
-                return False
-            self._current = loaded
-            self._refused = None
-            self.reloads += 1
-            return True
-
-    def _refuse(self, key: str, message: str) -> None:
-        if key == self._refused:
-            return
-        self._refused = key
-        self.last_error = message
-        self.last_error_at = datetime.now(UTC)
-        self.reload_failures += 1
+        super().__init__(path, load_risk, parse_risk)
