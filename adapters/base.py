@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -146,6 +147,22 @@ class StatementLine:
     occurred_at: datetime | None = None
 
 
+def check_base_url(value: str) -> str:
+    """A channel's API root: an absolute http(s) URL without query or fragment, no trailing
+    slash. Every adapter's config validates `base_url` with it."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("base_url must be an absolute http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not carry a query or a fragment")
+    return value.rstrip("/")
+
+
+class StatementUnavailable(RuntimeError):
+    """The channel did not deliver the statement (not ready, refused, unreachable, or a file
+    that failed its checks). Reconciliation handles it the same way for every channel."""
+
+
 class NotificationRejected(Exception):
     """A notification failed verification (bad signature, unknown certificate, bad decrypt)
     or could not be parsed. It must be logged and never applied."""
@@ -207,8 +224,9 @@ class ChannelAdapter(abc.ABC):
         """SUCCEEDED, FAILED (definitive refusal), WAITING (processing), UNKNOWN."""
 
     @abc.abstractmethod
-    async def query_refund(self, channel_order_id: str, channel_refund_id: str) -> ChannelResult:
-        ...
+    async def query_refund(
+        self, channel_order_id: str, channel_refund_id: str
+    ) -> ChannelResult: ...
 
     @abc.abstractmethod
     def parse_notification(self, request: IncomingRequest) -> Notification:

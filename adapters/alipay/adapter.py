@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -64,6 +63,8 @@ from adapters.base import (
     NotificationRejected,
     Outcome,
     StatementLine,
+    StatementUnavailable,
+    check_base_url,
 )
 from adapters.money import fen_to_yuan
 
@@ -96,16 +97,7 @@ class AlipayConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("base_url must not carry a query or a fragment")
-        return value.rstrip("/")
-
-
-class StatementUnavailable(RuntimeError):
-    """The channel would not give the statement (no bill for that day, or an error)."""
+        return check_base_url(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,8 @@ from adapters.base import (
     Outcome,
     ResponseVerificationError,
     StatementLine,
+    StatementUnavailable,
+    check_base_url,
 )
 
 log = structlog.get_logger("adapters.bank")
@@ -100,16 +102,7 @@ class BankConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("base_url must not carry a query or a fragment")
-        return value.rstrip("/")
-
-
-class StatementUnavailable(Exception):
-    """The bank did not deliver the statement (not ready, refused, unreachable)."""
+        return check_base_url(value)
 
 
 class _Failure(Exception):

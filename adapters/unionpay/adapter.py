@@ -58,7 +58,6 @@ from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -88,6 +87,8 @@ from adapters.base import (
     NotificationRejected,
     Outcome,
     StatementLine,
+    StatementUnavailable,
+    check_base_url,
 )
 from adapters.unionpay import protocol as p
 
@@ -130,16 +131,7 @@ class UnionPayConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("base_url must not carry a query or a fragment")
-        return value.rstrip("/")
-
-
-class StatementUnavailable(Exception):
-    """UnionPay did not deliver the reconciliation file (not ready, refused, unreachable)."""
+        return check_base_url(value)
 
 
 _Kind = Literal[

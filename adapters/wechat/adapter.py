@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -76,7 +76,9 @@ from adapters.base import (
     Outcome,
     ResponseVerificationError,
     StatementLine,
+    check_base_url,
 )
+from adapters.base import StatementUnavailable as ChannelStatementUnavailable
 from adapters.wechat import protocol as p
 
 log = structlog.get_logger("adapters.wechat")
@@ -116,12 +118,7 @@ class WechatConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("base_url must not carry a query or fragment")
-        return value.rstrip("/")
+        return check_base_url(value)
 
     @field_validator("merchant_cert_serial_no")
     @classmethod
@@ -241,7 +238,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientPayloadError)
 
 
-class StatementUnavailable(RuntimeError):
+class StatementUnavailable(ChannelStatementUnavailable):
     """The trade bill could not be fetched (channel error, transport failure)."""
 
     def __init__(self, code: str, message: str | None = None) -> None:
