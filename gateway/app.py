@@ -17,7 +17,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -193,6 +193,7 @@ def _purge_idempotency(pool: Pool) -> Callable[[], Awaitable[None]]:
 
 async def _every(interval: float, stop: asyncio.Event, job: Callable[[], Awaitable[None]]) -> None:
     while not stop.is_set():
+        logs.bind_job()  # each run: this loop is a task of its own
         try:
             await job()
         except asyncio.CancelledError:

@@ -51,8 +51,10 @@ def _box(settings: Settings) -> Any:
 
 
 async def _with_pool(settings: Settings, job: Any) -> Any:
+    from gateway import logs
     from gateway.store.db import create_pool, migrate
 
+    logs.bind_job()  # a command is one job (run by asyncio.run: a context of its own)
     endpoints = resolve_endpoints(settings)
     pool = await create_pool(endpoints.database_url, 1, 2)
     try:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import aiohttp
-import structlog
+
+from gateway.logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -17,9 +18,9 @@ async def _add_request_id(
     context: SimpleNamespace,
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    request_id = current_request_id()
     if request_id and REQUEST_ID_HEADER not in params.headers:
-        params.headers[REQUEST_ID_HEADER] = str(request_id)
+        params.headers[REQUEST_ID_HEADER] = request_id
 
 
 def request_id_tracing() -> aiohttp.TraceConfig:

@@ -1,12 +1,15 @@
 """structlog set-up: JSON lines with the request's bound context, and a processor that redacts
-secrets whatever the call site passed."""
+secrets whatever the call site passed. Also the request id of that context: an HTTP request's
+or a background job's, which logs, channel calls, events and their callbacks carry."""
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -20,6 +23,38 @@ _SECRET_VALUE = re.compile(
     r"(whsec_[A-Za-z0-9+/=]+|sk_[A-Za-z0-9_-]{16,}|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
 )
 REDACTED = "[redacted]"
+
+
+_REQUEST_ID: ContextVar[str | None] = ContextVar("gateway_request_id", default=None)
+"""The request id alone, beside structlog's copy: reading it is one lookup, where
+`structlog.contextvars.get_contextvars()` walks the whole context (every channel call reads
+it)."""
+
+
+def bind_request_id(request_id: str | None) -> None:
+    """Make `request_id` this context's request id, for logs and for `current_request_id`;
+    None unbinds it."""
+    if request_id is None:
+        structlog.contextvars.unbind_contextvars("request_id")
+    else:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    _REQUEST_ID.set(request_id)
+
+
+def current_request_id() -> str | None:
+    """The request id bound in this context: an HTTP request's `req_…` (bound by
+    `gateway.api.middleware`), a unit of background work's `job_…` (`bind_job`), or None."""
+    return _REQUEST_ID.get()
+
+
+def bind_job() -> str:
+    """Begin one unit of background work (a sync item, a periodic job's run, a command): bind a
+    fresh `job_…` request id for its logs, its channel calls and the events it causes. Call it
+    where the work has a context of its own (its task, `asyncio.run`), so that the id ends
+    with it."""
+    request_id = "job_" + secrets.token_hex(12)
+    bind_request_id(request_id)
+    return request_id
 
 
 def _scrub(value: Any) -> Any:

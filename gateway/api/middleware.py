@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import metrics, timing
+from gateway import logs, metrics, timing
 from gateway.errors import ApiError
 
 log = structlog.get_logger("http")
@@ -55,7 +55,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = "req_" + secrets.token_hex(12)
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    logs.bind_request_id(request_id)
     timing.start()
     started = time.perf_counter()
     try:

@@ -31,13 +31,20 @@ def sign(whsec: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def headers(
-    whsec: str, msg_id: str, timestamp: int, body: bytes, previous: Sequence[str] = ()
+    whsec: str,
+    msg_id: str,
+    timestamp: int,
+    body: bytes,
+    previous: Sequence[str] = (),
+    request_id: str | None = None,
 ) -> dict[str, str]:
     """The callback's headers. During a secret rotation's grace period `previous` holds the old
     secret: `webhook-signature` then carries both signatures, space-separated, the new one first
-    (Standard Webhooks lets a receiver accept any of them)."""
+    (Standard Webhooks lets a receiver accept any of them). `request_id`, that of the request or
+    job that caused the event, goes in `X-Request-Id` (outside the signature, which covers
+    `webhook-id.webhook-timestamp.body` only); no such header without one."""
     signatures = [sign(s, msg_id, timestamp, body) for s in (whsec, *previous)]
-    return {
+    result = {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(signatures),
@@ -45,6 +52,9 @@ def headers(
         "user-agent": "payment-gateway-webhooks/1",
         "accept-encoding": "identity",
     }
+    if request_id:
+        result["X-Request-Id"] = request_id
+    return result
 
 
 def next_delay(

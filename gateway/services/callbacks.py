@@ -14,7 +14,10 @@ no redirects.
 Requests go through the dispatcher's own HTTP session: no cookies, no proxy from the
 environment, and (unless private destinations are allowed) a resolver that refuses loopback,
 private and link-local addresses at connection time, so a name cannot pass a check and then
-resolve elsewhere."""
+resolve elsewhere.
+Each request carries, beside the Standard Webhooks headers, `X-Request-Id`: the request id of
+the merchant request, channel notification or background job that caused the event (none for
+events older than `events.request_id`); the delivery's logs carry it too."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from prometheus_client import Counter
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.auth.secretbox import SecretBox
 from gateway.domain import webhooks
 from gateway.store import webhooks as store
@@ -273,6 +276,10 @@ class CallbackDispatcher:
         return len(rows)
 
     async def _deliver(self, row: asyncpg.Record) -> None:
+        # each delivery is a task of its own (dispatch_due): its logs carry the request id of
+        # what caused the event, as its requests do
+        # (None for an event written before events had request ids)
+        logs.bind_request_id(row["request_id"])
         url = row["url"]
         if url not in self._gates:
             self._gates[url] = asyncio.Semaphore(self.per_url)
@@ -324,7 +331,7 @@ class CallbackDispatcher:
             started_at, started = datetime.now(UTC), time.monotonic()
             try:
                 headers = webhooks.headers(
-                    secret, row["event_id"], int(time.time()), body, previous
+                    secret, row["event_id"], int(time.time()), body, previous, row["request_id"]
                 )
                 async with (
                     asyncio.timeout(self.timeout_s),

@@ -22,7 +22,7 @@ from adapters.base import (
     NotificationKind,
     Outcome,
 )
-from gateway import metrics, timing
+from gateway import logs, metrics, timing
 from gateway.domain.ids import new_id
 from gateway.domain.models import CreatePaymentRequest, event_body, payment_view
 from gateway.domain.states import (
@@ -431,6 +431,7 @@ class PaymentService:
             payload=event_body(event_id, event_type, now, view),
             created_at=now,
             notify_url=updated["notify_url"],
+            request_id=logs.current_request_id(),
         )
         metrics.PAYMENT_TRANSITIONS.labels(status=target.value).inc()
         log.info(

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from adapters.base import ChannelAdapter, ChannelResult, CreateRefund, Outcome
-from gateway import metrics, timing
+from gateway import logs, metrics, timing
 from gateway.domain.ids import new_id
 from gateway.domain.models import CreateRefundRequest, Row, event_body, refund_view
 from gateway.domain.states import PaymentStatus, RefundStatus, refund_can
@@ -206,6 +206,7 @@ class RefundService:
             payload=event_body(event_id, event_type, now, refund_view(updated)),
             created_at=now,
             notify_url=payment["notify_url"],
+            request_id=logs.current_request_id(),
         )
         log.info(
             "refund_settled",
@@ -319,6 +320,7 @@ async def record_late_payment(
             "auto_refund_id": refund["id"] if refund is not None else None,
         },
         created_at=now,
+        request_id=logs.current_request_id(),
     )
     metrics.LATE_PAYMENTS.labels(channel=attempt["channel"]).inc()
     log.error(

@@ -3,7 +3,9 @@ timeout, a process that died mid-create) on a backoff, close pending payments at
 (unless the channel says they were paid), and re-query pending refunds.
 
 Work is claimed in PostgreSQL with `FOR UPDATE SKIP LOCKED` plus a lease (the claim pushes
-`next_sync_at` forward), so any number of gateway processes can run it."""
+`next_sync_at` forward), so any number of gateway processes can run it. Each attempt or refund
+synced is a job of its own: a `job_…` request id, carried by its logs, its channel calls and
+the events it causes (and so their callbacks)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import structlog
 
 from adapters.base import ChannelAdapter, ChannelResult, Outcome
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.domain.states import AttemptStatus, PaymentStatus, RefundStatus
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
@@ -112,6 +114,7 @@ class StatusSync:
         return len(attempts) + len(refunds)
 
     async def _sync_attempt(self, row: dict[str, Any]) -> None:
+        logs.bind_job()  # each item is a task of its own (run_once's gather)
         bound = log.bind(payment_id=row["payment_id"], channel=row["channel"])
         adapter = self.channels.adapter(row["channel"])
         if adapter is None:
@@ -191,6 +194,7 @@ class StatusSync:
         the answer to that decides: channels keep one refund per refund id, so a repeat never
         refunds twice, and a refund that never reached the channel (a timeout, a crash before
         the call) gets there."""
+        logs.bind_job()  # each item is a task of its own (run_once's gather)
         adapter = self.channels.adapter(row["channel"])
         if adapter is None:
             log.warning("sync_channel_missing", refund_id=row["id"], channel=row["channel"])

@@ -201,13 +201,15 @@ async def insert_event(
     payload: dict[str, Any],
     created_at: datetime,
     notify_url: str | None,
+    request_id: str | None,
 ) -> int:
     """Write an event and its deliveries (the payment's notify_url and every active endpoint
     of the merchant subscribed to the type) in the caller's transaction; wake the dispatchers
-    on commit. Returns the number of deliveries."""
+    on commit. `request_id` is that of the request or job causing it (its callbacks carry it).
+    Returns the number of deliveries."""
     await conn.execute(
-        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at,"
+        " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         event_id,
         merchant_id,
         event_type,
@@ -215,6 +217,7 @@ async def insert_event(
         refund_id,
         payload,
         created_at,
+        request_id,
     )
     count = await conn.fetchval(
         """

@@ -122,11 +122,12 @@ async def record_late_payment(
     refund_id: str | None,
     payload: dict[str, Any],
     created_at: datetime,
+    request_id: str | None,
 ) -> None:
     """The audit row of a late payment: an event with no deliveries."""
     await conn.execute(
-        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at,"
+        " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         event_id,
         merchant_id,
         LATE_PAYMENT_EVENT,
@@ -134,4 +135,5 @@ async def record_late_payment(
         refund_id,
         payload,
         created_at,
+        request_id,
     )

@@ -163,7 +163,7 @@ WITH expired AS (
      WHERE d.id = picked.id
     RETURNING d.id, d.event_id, d.merchant_id, d.endpoint_id, d.url, d.attempts
 )
-SELECT c.*, e.payload::text AS body, w.status AS endpoint_status,
+SELECT c.*, e.payload::text AS body, e.request_id, w.status AS endpoint_status,
        m.webhook_secret_enc AS secret_enc,
        CASE WHEN m.webhook_secret_prev_expires_at > now() THEN m.webhook_secret_prev_enc END
            AS previous_secret_enc
@@ -186,7 +186,8 @@ async def claim_due(
     never take the same row. `busy` is what this dispatcher holds per URL already: no URL ends
     up with more than `per_url`, and URLs already at `per_url` are not even looked at. An
     abandoned attempt found here is recorded as such. Each row comes with its event's body and
-    the merchant's sealed webhook secrets (the previous one only while its grace lasts)."""
+    request id, and the merchant's sealed webhook secrets (the previous one only while its grace
+    lasts)."""
     saturated = [url for url, n in busy.items() if n >= per_url]
     urls = list(busy)
     return list(

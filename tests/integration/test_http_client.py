@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway import logs
 from gateway.http_client import channel_session
 from tests.support import free_port
 
@@ -23,14 +23,14 @@ async def test_channel_calls_carry_the_request_id() -> None:
     await server.start_server()
     session = channel_session()
     try:
-        structlog.contextvars.bind_contextvars(request_id="req_abc123")
+        logs.bind_request_id("req_abc123")
         async with session.get(server.make_url("/")) as resp:
             assert resp.status == 200
-        structlog.contextvars.clear_contextvars()
+        logs.bind_request_id(None)
         async with session.get(server.make_url("/")) as resp:
             assert resp.status == 200
     finally:
-        structlog.contextvars.clear_contextvars()
+        logs.bind_request_id(None)
         await session.close()
         await server.close()
     assert seen == ["req_abc123", None]

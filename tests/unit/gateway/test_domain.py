@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
+import re
+import time
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -19,7 +23,7 @@ from gateway.domain.states import (
     attempt_can,
     payment_can,
 )
-from gateway.logs import redact_secrets
+from gateway.logs import bind_job, bind_request_id, current_request_id, redact_secrets
 
 VALID = {
     "merchant_order_id": "A1001",
@@ -102,11 +106,41 @@ def test_webhook_signature_verifies_with_standardwebhooks() -> None:
     headers = webhooks.headers(secret, "evt_1", 1_700_000_000, body)
     wh = Webhook(secret)
     # standardwebhooks checks the timestamp against its clock: sign with now
-    import time
-
     now = int(time.time())
     headers = webhooks.headers(secret, "evt_1", now, body)
     assert wh.verify(body, headers) is not None
+
+
+def test_callback_headers_carry_the_request_id_outside_the_signature() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    body = b'{"id":"evt_1","type":"payment.succeeded"}'
+    now = int(time.time())
+    plain = webhooks.headers(secret, "evt_1", now, body)
+    traced = webhooks.headers(secret, "evt_1", now, body, request_id="req_0123456789abcdef")
+    assert not any(name.lower() == "x-request-id" for name in plain)
+    assert traced["X-Request-Id"] == "req_0123456789abcdef"
+    assert {k: v for k, v in traced.items() if k != "X-Request-Id"} == plain
+    assert Webhook(secret).verify(body, traced) is not None
+    assert webhooks.headers(secret, "evt_1", now, body, request_id=None) == plain
+
+
+async def test_bind_job_binds_a_fresh_job_id_for_its_own_task() -> None:
+    async def job() -> tuple[str, str | None]:
+        bound = bind_job()
+        await asyncio.sleep(0)
+        return bound, current_request_id()
+
+    bind_request_id("req_outer")
+    try:
+        (first, first_seen), (second, second_seen) = await asyncio.gather(job(), job())
+        assert current_request_id() == "req_outer"  # the jobs' ids stayed in their tasks
+        assert structlog.contextvars.get_contextvars()["request_id"] == "req_outer"
+    finally:
+        bind_request_id(None)
+    assert current_request_id() is None
+    assert (first_seen, second_seen) == (first, second)
+    assert re.fullmatch(r"job_[0-9a-f]{24}", first) and re.fullmatch(r"job_[0-9a-f]{24}", second)
+    assert first != second
 
 
 @given(st.integers(min_value=1, max_value=7))
