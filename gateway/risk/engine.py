@@ -65,7 +65,9 @@ class RiskEngine:
             if not checks:
                 return
             try:
-                _, values = await self.counters.check_and_add(checks)
+                passed, values = await self.counters.check_and_add(
+                    checks, merchant_id, req.merchant_order_id
+                )
             except (RedisError, OSError) as exc:
                 log.error("risk_counters_unavailable", merchant_id=merchant_id, error=repr(exc))
                 raise ApiError(
@@ -74,6 +76,8 @@ class RiskEngine:
                     "The risk counters are unavailable; the payment was not created.",
                     headers={"Retry-After": "1"},
                 ) from None
+            if passed:  # within every limit, or a retry of a payment counted before
+                return
             rejection = counter_rejection(checks, values)
             if rejection is None:
                 return

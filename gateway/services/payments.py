@@ -39,7 +39,7 @@ from gateway.services.channels import ChannelRegistry
 from gateway.services.refunds import record_late_payment
 from gateway.store import payments as store
 from gateway.store.db import Connection, Pool
-from routing.engine import Candidate
+from routing.engine import Candidate, RouteDecision
 
 log = structlog.get_logger("payments")
 
@@ -75,35 +75,21 @@ class PaymentService:
 
     # ---- create ---------------------------------------------------------------------------
     async def create(self, merchant_id: str, req: CreatePaymentRequest) -> CreateOutcome:
-        existing = await store.get_payment_by_order(self.pool, merchant_id, req.merchant_order_id)
-        if existing is not None:
-            return CreateOutcome(await self._existing(existing, req), created=False)
-        if self.risk is not None:
-            await self.risk.check(merchant_id, req)
-
-        decision = await self.channels.decide(
-            method=req.method,
-            amount=req.amount,
-            currency=req.currency,
-            merchant_id=merchant_id,
-            metadata=dict(req.metadata),
-        )
-        candidates = [c for c in decision.candidates if self.channels.adapter(c.channel)]
-        if not candidates:
-            if decision.all_circuits_open:
-                raise self._unavailable(decision.retry_after_s)
-            raise ApiError(
-                422,
-                "no_route",
-                f"No channel takes {req.method} payments of {req.amount} {req.currency}.",
+        """Create a payment and call its channel, or answer a repeat of the merchant_order_id
+        with the payment it made. Repeats are found by the insert's unique key, not by a
+        lookup first: the new payment's path has two statements, both commits. A request
+        refused before the insert (risk, no route, channels down) looks for a payment that an
+        earlier request made with the same merchant_order_id, so a retry is answered the
+        same whatever the rules say now."""
+        try:
+            decision, first, remaining, max_attempts = await self._route(merchant_id, req)
+        except ApiError:
+            existing = await store.get_payment_by_order(
+                self.pool, merchant_id, req.merchant_order_id
             )
-        max_attempts = max(1, min(decision.max_attempts, len(candidates)))
-        remaining = iter(candidates)
-        first = await self._next_usable(remaining)
-        if first is None:  # every candidate is a half-open channel with no probe slot free
-            raise self._unavailable(decision.retry_after_s)
-        metrics.ROUTING_DECISIONS.labels(rule=decision.rule, channel=first.channel).inc()
-
+            if existing is None:
+                raise
+            return CreateOutcome(await self._existing(existing, req), created=False)
         now = datetime.now(UTC)
         payment_id = new_id("pay")
         adapter = self.channels.adapter(first.channel)
@@ -141,6 +127,7 @@ class PaymentService:
             )
             assert existing is not None
             return CreateOutcome(await self._existing(existing, req), created=False)
+        metrics.ROUTING_DECISIONS.labels(rule=decision.rule, channel=first.channel).inc()
 
         candidate: Candidate | None = first
         seq = 1
@@ -173,6 +160,36 @@ class PaymentService:
             failure=("channel_unavailable", "Every eligible channel failed; nothing was charged."),
         )
         return CreateOutcome(payment_view(final), created=True)
+
+    async def _route(
+        self, merchant_id: str, req: CreatePaymentRequest
+    ) -> tuple[RouteDecision, Candidate, Iterator[Candidate], int]:
+        """Risk rules, then routing: the decision, the first channel to call, the candidates
+        left to fail over to, and how many attempts the decision allows. Raises the ApiError
+        that refuses the payment."""
+        if self.risk is not None:
+            await self.risk.check(merchant_id, req)
+        decision = await self.channels.decide(
+            method=req.method,
+            amount=req.amount,
+            currency=req.currency,
+            merchant_id=merchant_id,
+            metadata=dict(req.metadata),
+        )
+        candidates = [c for c in decision.candidates if self.channels.adapter(c.channel)]
+        if not candidates:
+            if decision.all_circuits_open:
+                raise self._unavailable(decision.retry_after_s)
+            raise ApiError(
+                422,
+                "no_route",
+                f"No channel takes {req.method} payments of {req.amount} {req.currency}.",
+            )
+        remaining = iter(candidates)
+        first = await self._next_usable(remaining)
+        if first is None:  # every candidate is a half-open channel with no probe slot free
+            raise self._unavailable(decision.retry_after_s)
+        return decision, first, remaining, max(1, min(decision.max_attempts, len(candidates)))
 
     async def _next_usable(self, remaining: Iterator[Candidate]) -> Candidate | None:
         """The next candidate we may call: a half-open channel only with a free probe slot."""

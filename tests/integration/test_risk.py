@@ -292,16 +292,39 @@ async def test_the_counter_script_adds_nothing_when_one_check_is_exceeded(
         CounterCheck("d", "day", "risk:day:d:m:20240501", "count", 1, 3, 60_000, "count"),
         CounterCheck("v", "window", "risk:vel:v:ip:192.0.2.1", "", 1, 2, 60_000, "per ip"),
     ]
-    assert await counters.check_and_add(checks) == (True, [0, 0, 0])
-    assert await counters.check_and_add(checks) == (True, [300, 1, 1])
-    assert await counters.check_and_add(checks) == (False, [600, 2, 2])  # the window is full
-    assert await counters.check_and_add(checks[:2]) == (True, [600, 2])
-    assert await counters.check_and_add(checks[:2]) == (False, [900, 3])  # 1,200 > 1,000
+    assert await counters.check_and_add(checks, "m", "o1") == (True, [0, 0, 0])
+    assert await counters.check_and_add(checks, "m", "o2") == (True, [300, 1, 1])
+    # the window is full
+    assert await counters.check_and_add(checks, "m", "o3") == (False, [600, 2, 2])
+    assert await counters.check_and_add(checks[:2], "m", "o3") == (True, [600, 2])
+    # 1,200 > 1,000
+    assert await counters.check_and_add(checks[:2], "m", "o4") == (False, [900, 3])
     day_key = redis_prefix + checks[0].key
     assert await redis_client.hgetall(day_key) == {b"amount": b"900", b"count": b"3"}
     assert await redis_client.zcard(redis_prefix + checks[2].key) == 2
     assert 0 < await redis_client.pttl(day_key) <= 60_000
-    assert await counters.check_and_add([]) == (True, [])
+    assert await counters.check_and_add([], "m", "o5") == (True, [])
+
+
+async def test_a_retried_order_passes_the_counters_without_counting_twice(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    counters = RiskCounters(redis_client, redis_prefix)
+    checks = [
+        CounterCheck("d", "day", "risk:day:d:m:20240501", "count", 1, 2, 60_000, "count"),
+        CounterCheck("v", "window", "risk:vel:v:ip:192.0.2.1", "", 1, 2, 60_000, "per ip"),
+    ]
+    assert await counters.check_and_add(checks, "m", "o1") == (True, [0, 0])
+    assert await counters.check_and_add(checks, "m", "o2") == (True, [1, 1])
+    # both counters are full: a new order is refused, a retry of a counted one passes
+    assert await counters.check_and_add(checks, "m", "o3") == (False, [2, 2])
+    assert await counters.check_and_add(checks, "m", "o1") == (True, [2, 2])
+    assert await counters.check_and_add(checks, "other", "o1") == (False, [2, 2])
+    day_key = redis_prefix + checks[0].key
+    assert await redis_client.hgetall(day_key) == {b"count": b"2"}
+    assert await redis_client.zcard(redis_prefix + checks[1].key) == 2
+    seen = await redis_client.pttl(redis_prefix + "risk:seen:m:o1")
+    assert 0 < seen <= 60_000
 
 
 # ---- hot reload -----------------------------------------------------------------------------
