@@ -79,7 +79,8 @@ end
 
 # KEYS: breaker, outcomes
 # ARGV: now, success (1|0), window_s, min_calls, failure_ratio, consecutive_failures, open_s,
-#       half_open_probes, success window_s, ttl_ms
+#       half_open_probes, success window_s, ttl_ms, count (how many such results: successes
+#       are recorded in batches; a failure is always one)
 _RECORD = (
     _COMMON
     + """
@@ -93,6 +94,7 @@ local open_s = tonumber(ARGV[7])
 local probes = tonumber(ARGV[8])
 local sr_window = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
+local count = tonumber(ARGV[11]) or 1
 
 local h = redis.call('HMGET', bk, 'state', 'opened_at', 'consecutive', 'in_flight', 'probe_ok')
 local state = h[1] or 'closed'
@@ -118,16 +120,16 @@ local function breaker()
   end
   if state == 'half_open' then
     if not success then return set_open() end
-    probe_ok = probe_ok + 1
+    probe_ok = probe_ok + count
     if probe_ok >= probes then
       redis.call('DEL', bk)
       redis.call('HSET', bk, 'state', 'closed', 'window_s', window_s)
       return 'closed'
     end
-    redis.call('HSET', bk, 'probe_ok', probe_ok, 'in_flight', math.max(0, in_flight - 1))
+    redis.call('HSET', bk, 'probe_ok', probe_ok, 'in_flight', math.max(0, in_flight - count))
     return 'half_open'
   end
-  window_add(bk, window_s, 'c', 1, success and 0 or 1)
+  window_add(bk, window_s, 'c', count, success and 0 or 1)
   if success then consecutive = 0 else consecutive = consecutive + 1 end
   redis.call('HSET', bk, 'state', 'closed', 'consecutive', consecutive)
   if not success then
@@ -140,7 +142,7 @@ local function breaker()
 end
 
 local result = breaker()
-window_add(sk, sr_window, 's', success and 1 or 0, success and 0 or 1)
+window_add(sk, sr_window, 's', success and count or 0, success and 0 or 1)
 redis.call('PEXPIRE', bk, ttl)
 redis.call('PEXPIRE', sk, ttl)
 return result
@@ -279,10 +281,13 @@ class ChannelHealthStore:
         success: bool,
         now: datetime | float | None,
         settings: RoutingSettings,
+        count: int = 1,
     ) -> BreakerState:
         """Count one call's result for the channel's health (a payer's decline is a success of
-        the channel; a refused connection, a 5xx or a timeout is a failure). Atomic. Returns
-        the breaker's state afterwards."""
+        the channel; a refused connection, a 5xx or a timeout is a failure), or `count`
+        successes at once. Atomic. Returns the breaker's state afterwards."""
+        if count < 1 or (count > 1 and not success):
+            raise ValueError("count: one failure, or one or more successes")
         b = settings.breaker
         result = await self._record(
             keys=[self.breaker_key(channel), self.outcomes_key(channel)],
@@ -297,6 +302,7 @@ class ChannelHealthStore:
                 b.half_open_probes,
                 settings.success_rate.window_s,
                 self._ttl_ms(settings),
+                count,
             ],
         )
         return BreakerState(_text(result))

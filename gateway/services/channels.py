@@ -3,6 +3,7 @@ and the shared health (circuit breakers, success windows) that routing consults.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from datetime import UTC, datetime
@@ -19,6 +20,10 @@ from routing.health import HEALTHY, BreakerState, ChannelHealth, SuccessStats, e
 from routing.loader import LoadedRouting, RoutingHolder
 
 HEALTH_CACHE_S = 0.25
+SUCCESS_BATCH_S = 0.1
+"""Successes on a channel whose circuit is closed are sent to Redis in one call per channel
+every SUCCESS_BATCH_S (one round trip per create saved); failures, and every result while a
+circuit is not closed, are sent at once."""
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 log = structlog.get_logger("channels")
@@ -41,6 +46,13 @@ class ChannelRegistry:
         self._health_cache: (
             tuple[float, list[str], dict[str, ChannelHealth], dict[str, SuccessStats]] | None
         ) = None
+        self._health_refresh: (
+            tuple[list[str], asyncio.Task[tuple[dict[str, ChannelHealth], dict[str, SuccessStats]]]]
+            | None
+        ) = None
+        self._pending_successes: dict[str, int] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
         self.sync_adapters()
 
     @property
@@ -103,17 +115,33 @@ class ChannelRegistry:
     ) -> tuple[dict[str, ChannelHealth], dict[str, SuccessStats]]:
         """The shared health of every channel, read from Redis at most every
         HEALTH_CACHE_S per process (a circuit this process opens itself is seen at once:
-        recording a failure drops the cached copy)."""
-        now = time.monotonic()
+        recording a failure drops the cached copy). Requests that find the copy stale
+        together share one read."""
         cached = self._health_cache
-        if cached is not None and cached[0] > now and cached[1] == names:
+        if cached is not None and cached[0] > time.monotonic() and cached[1] == names:
             return cached[2], cached[3]
+        refresh = self._health_refresh
+        if refresh is None or refresh[0] != names:
+            task = asyncio.get_running_loop().create_task(self._read_health(names))
+            refresh = self._health_refresh = (names, task)
+            task.add_done_callback(lambda _: self._refresh_done(task))
+        # shielded: a cancelled request must not cancel the read the others wait for
+        return await asyncio.shield(refresh[1])
+
+    def _refresh_done(self, task: asyncio.Task[Any]) -> None:
+        if self._health_refresh is not None and self._health_refresh[1] is task:
+            self._health_refresh = None
+
+    async def _read_health(
+        self, names: list[str]
+    ) -> tuple[dict[str, ChannelHealth], dict[str, SuccessStats]]:
+        await self.flush_successes()  # read back this process's own results too
         try:
             health, stats = await self.health.snapshot(names)
         except Exception as exc:  # health is advisory: route as if every channel were healthy
             log.warning("channel_health_unavailable", error=repr(exc))
             return {}, {}
-        self._health_cache = (now + HEALTH_CACHE_S, names, dict(health), dict(stats))
+        self._health_cache = (time.monotonic() + HEALTH_CACHE_S, names, health, stats)
         breaker = self.holder.current.config.settings.breaker
         wall = time.time()
         for name in names:
@@ -132,14 +160,55 @@ class ChannelRegistry:
             return True
 
     async def record(self, channel: str, success: bool) -> None:
-        settings = self.holder.current.config.settings
+        """Count a call's result in the channel's shared health: a success on a closed
+        circuit joins the next batch; anything else is sent now, after this channel's
+        batched successes (so the shared window keeps the order that matters)."""
+        if success and self._known_closed(channel):
+            self._pending_successes[channel] = self._pending_successes.get(channel, 0) + 1
+            if self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(SUCCESS_BATCH_S, self._flush_soon)
+            return
         if not success:
             self._health_cache = None
+        await self._send(channel, True, self._pending_successes.pop(channel, 0))
+        await self._send(channel, success, 1)
+
+    def _known_closed(self, channel: str) -> bool:
+        cached = self._health_cache
+        if cached is None:
+            return False
+        health = cached[2].get(channel, HEALTHY)
+        breaker = self.holder.current.config.settings.breaker
+        return effective_state(health, time.time(), breaker) is BreakerState.CLOSED
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        task = asyncio.get_running_loop().create_task(self.flush_successes())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def flush_successes(self) -> None:
+        """Send the batched successes now (also on shutdown)."""
+        pending, self._pending_successes = self._pending_successes, {}
+        for channel, count in pending.items():
+            await self._send(channel, True, count)
+
+    async def _send(self, channel: str, success: bool, count: int) -> None:
+        if count < 1:
+            return
+        settings = self.holder.current.config.settings
         try:
-            await self.health.record(channel, success, datetime.now(UTC), settings)
+            await self.health.record(channel, success, datetime.now(UTC), settings, count)
         except Exception as exc:  # health is advisory: never fail a payment over it
             log.warning("channel_health_record_failed", channel=channel, error=repr(exc))
 
     async def aclose(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        await self.flush_successes()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         for adapter in self._adapters.values():
             await adapter.aclose()

@@ -267,3 +267,27 @@ async def test_redis_follows_the_pure_reference(store: ChannelHealthStore) -> No
             assert got.totals(t) == expected.totals(t)
             successes, failures = pure.window_totals(outcomes, t, settings.success_rate.window_s)
             assert stats[channel] == SuccessStats(successes, failures)
+
+
+async def test_successes_recorded_as_a_batch_count_like_one_by_one(
+    store: ChannelHealthStore,
+) -> None:
+    assert await store.record("bank", True, T0, SETTINGS, count=7) is BreakerState.CLOSED
+    await store.record("bank", False, T0 + 1, SETTINGS)
+    health, stats = await store.snapshot(["bank"], T0 + 2)
+    assert stats["bank"] == SuccessStats(7, 1)
+    assert health["bank"].consecutive_failures == 1
+    with pytest.raises(ValueError):
+        await store.record("bank", False, T0, SETTINGS, count=2)
+    with pytest.raises(ValueError):
+        await store.record("bank", True, T0, SETTINGS, count=0)
+
+
+async def test_a_batch_of_successes_on_a_half_open_circuit_counts_as_that_many_probes(
+    store: ChannelHealthStore,
+) -> None:
+    for i in range(3):
+        await store.record("wechat", False, T0 + i, SETTINGS)
+    assert (await state_of(store, "wechat", T0 + 3)).state is BreakerState.OPEN
+    # after open_s the circuit is half-open; two probe successes (half_open_probes) close it
+    assert await store.record("wechat", True, T0 + 40, SETTINGS, count=2) is BreakerState.CLOSED
