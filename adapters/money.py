@@ -16,7 +16,7 @@ def fen_to_yuan(fen: int) -> str:
 
 
 def yuan_to_fen(text: str) -> int:
-    """"19.99" -> 1999; "19.9" -> 1990; "19" -> 1900. Raises ValueError on anything else."""
+    """ "19.99" -> 1999; "19.9" -> 1990; "19" -> 1900. Raises ValueError on anything else."""
     match = _YUAN.match(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not a yuan amount with at most two decimals: {text!r}")

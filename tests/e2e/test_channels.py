@@ -118,6 +118,7 @@ async def test_pay_then_two_refunds(
     assert paid["status"] == "succeeded"
     assert paid["paid_at"] is not None and paid["channel_trade_no"]
     assert paid["next_action"] is None
+
     # the channel's notification reaches the gateway and is applied (the status sync may
     # have learnt the news first on a loaded machine; the notification still arrives)
     async def notified() -> bool:
