@@ -9,9 +9,9 @@ aiohttp JSON endpoint is measured the same way as the reference for what this ma
     .venv/bin/python tests/bench/bench.py --duration 20            # the default scenarios
     .venv/bin/python tests/bench/bench.py --seed-rows 10000000      # latency vs table size
 
-Scenarios: closed loop (32 connections), constant rate 500/s, two gateway processes
-(SO_REUSEPORT), the bare reference; with --seed-rows, the closed loop again after seeding the
-payments table. Everything it starts, it stops; the database is dropped at the end.
+Scenarios: closed loop (32 connections), without and with an Idempotency-Key per request,
+constant rates 200/s and 500/s, two gateway processes (SO_REUSEPORT), the bare reference; with
+--seed-rows, the closed loop again after seeding the payments table. Everything it starts, it stops; the database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -50,6 +51,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_of_command(name: str) -> float:
+    """CPU seconds of every live process whose command name is `name` (the PostgreSQL server
+    and its backends, the Redis server). Processes that exit in between are missed: the
+    gateway's pool connections, which do the work measured here, live through a scenario."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                total += cpu_seconds(int(comm.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -76,6 +91,7 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.sims_pid: int | None = None
         key = base64.urlsafe_b64encode(os.urandom(32)).decode()
         routing = (ROOT / "config" / "routing.yaml").read_text()
         routing = routing.replace("${GATEWAY_PUBLIC_URL}/sim", f"http://127.0.0.1:{SIM_PORT}/sim")
@@ -143,6 +159,28 @@ class Bench:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
+    def other_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the simulators, PostgreSQL and Redis."""
+        return {
+            "simulators": cpu_seconds(self.sims_pid) if self.sims_pid else 0.0,
+            "postgres": cpu_of_command("postgres"),
+            "redis": cpu_of_command("redis-server"),
+        }
+
+    def redis_commands(self) -> int:
+        """Commands the Redis server has processed (all clients: other users of the same
+        server add to it)."""
+        out = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "info", "stats"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("total_commands_processed:"):
+                return int(line.split(":", 1)[1])
+        raise SystemExit("redis INFO has no total_commands_processed")
+
     def commits(self) -> int:
         return int(psql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{DB}'"))
 
@@ -152,18 +190,35 @@ class Bench:
     def scenario(self, name: str, gateway_pids: list[int], *load: str) -> dict[str, Any]:
         cpu_before = {pid: cpu_seconds(pid) for pid in gateway_pids}
         commits_before, payments_before = self.commits(), self.payments()
+        redis_before = self.redis_commands()
+        others_before = self.other_cpu()
+        loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = self.loadgen(
             f"http://127.0.0.1:{GW_PORT}", "--duration", str(self.args.duration), *load
         )
+        loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         time.sleep(0.5)  # let pg_stat_database catch up
         created = self.payments() - payments_before
         commits = self.commits() - commits_before
+        redis_commands = self.redis_commands() - redis_before
         cpu = sum(cpu_seconds(pid) - cpu_before[pid] for pid in gateway_pids)
+        others = {k: v - others_before[k] for k, v in self.other_cpu().items()}
+        others["loadgen"] = (loadgen_after.ru_utime + loadgen_after.ru_stime) - (
+            loadgen_before.ru_utime + loadgen_before.ru_stime
+        )
+        if created:
+            # CPU ms per payment of every part of the system: what bounds throughput when
+            # they all share this machine's cores
+            result["cpu_ms_per_payment"] = {
+                "gateway": round(cpu * 1000 / created, 3),
+                **{k: round(v * 1000 / created, 3) for k, v in others.items()},
+            }
         result.update(
             scenario=name,
             processes=len(gateway_pids),
             created_total=created,
             db_transactions_per_payment=round(commits / created, 2) if created else None,
+            redis_commands_per_payment=round(redis_commands / created, 2) if created else None,
             cpu_s_per_1000_per_process=round(cpu / created * 1000 / len(gateway_pids), 3)
             if created
             else None,
@@ -188,7 +243,7 @@ class Bench:
         sims = self.start(
             str(BIN / "gateway"), "simulators", "--port", str(SIM_PORT), log="sims.log"
         )
-        del sims
+        self.sims_pid = sims.pid
 
         # one gateway process
         gw = self.start(str(BIN / "gateway"), "serve", log="gateway.log")
@@ -197,9 +252,24 @@ class Bench:
         results.append(self.scenario("closed loop, 1 process", [gw.pid], "--concurrency", "32"))
         results.append(
             self.scenario(
-                "rate 500/s, 1 process", [gw.pid], "--rate", "500", "--concurrency", "256"
+                "closed loop, 1 process, with Idempotency-Key",
+                [gw.pid],
+                "--concurrency",
+                "32",
+                "--idempotency-keys",
             )
         )
+        for rate in (200, 500):  # one this machine sustains, and the issue's target
+            results.append(
+                self.scenario(
+                    f"rate {rate}/s, 1 process",
+                    [gw.pid],
+                    "--rate",
+                    str(rate),
+                    "--concurrency",
+                    "256",
+                )
+            )
         if self.args.seed_rows:
             seeded = self.seed(self.args.seed_rows)
             results.append(
@@ -282,8 +352,9 @@ class Bench:
 def report(results: list[dict[str, Any]]) -> str:
     lines = [
         "| scenario | throughput /s | p50 ms | p90 ms | p99 ms | overhead p50 | overhead p99 |"
-        " CPU s / 1000 / process | DB transactions / payment | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        " CPU s / 1000 / process | DB transactions / payment | Redis commands / payment |"
+        " errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         lat, over = r.get("latency_ms", {}), r.get("gateway_overhead_ms") or {}
@@ -293,8 +364,22 @@ def report(results: list[dict[str, Any]]) -> str:
             f"{lat.get('p90', 0):.1f} | {lat.get('p99', 0):.1f} | "
             f"{over.get('p50', float('nan')):.2f} | {over.get('p99', float('nan')):.2f} | "
             f"{r.get('cpu_s_per_1000_per_process') or '-'} | "
-            f"{r.get('db_transactions_per_payment') or '-'} | {errors or 'none'} |"
+            f"{r.get('db_transactions_per_payment') or '-'} | "
+            f"{r.get('redis_commands_per_payment') or '-'} | {errors or 'none'} |"
         )
+    parts = ["gateway", "simulators", "loadgen", "postgres", "redis"]
+    lines += [
+        "",
+        "CPU ms per created payment, by process (all share the machine's cores):",
+        "",
+        "| scenario | " + " | ".join(parts) + " | total |",
+        "| --- |" + " ---: |" * (len(parts) + 1),
+    ]
+    for r in results:
+        split = r.get("cpu_ms_per_payment")
+        if split:
+            cells = " | ".join(f"{split.get(k, 0):.2f}" for k in parts)
+            lines.append(f"| {r['scenario']} | {cells} | {sum(split.values()):.2f} |")
     return "\n".join(lines)
 
 

@@ -168,6 +168,7 @@ class Load:
     stats: Stats
     currency: str
     amount_max: int
+    idempotency_keys: bool = False
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     issued: int = 0
 
@@ -191,6 +192,8 @@ class Load:
             ),
             "Content-Type": "application/json",
         }
+        if self.idempotency_keys:  # one key per order, as a merchant retrying safely would
+            headers["Idempotency-Key"] = f"bench-{self.run_id}-{self.issued}"
         t0 = time.perf_counter() if started is None else started
         try:
             async with self.session.post(self.base_url + PATH, data=body, headers=headers) as r:
@@ -260,7 +263,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         if args.wait_ready:
             await wait_ready(session, base_url, args.wait_ready)
         stats = Stats()
-        load = Load(session, base_url, merchant, stats, args.currency, args.amount_max)
+        load = Load(
+            session,
+            base_url,
+            merchant,
+            stats,
+            args.currency,
+            args.amount_max,
+            idempotency_keys=args.idempotency_keys,
+        )
         cpu_before = cpu_seconds(args.server_pid) if args.server_pid else None
         started = time.perf_counter()
         if args.rate:
@@ -346,6 +357,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amount-max", type=int, default=100_000, help="amounts 1..N minor units")
     p.add_argument(
         "--wait-ready", type=float, default=0.0, metavar="S", help="first wait for /readyz"
+    )
+    p.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="send an Idempotency-Key with every request (one per order)",
     )
     p.add_argument("--server-pid", type=int, help="report this process's CPU time per request")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
