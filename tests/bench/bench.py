@@ -315,7 +315,8 @@ class Bench:
 
     def seed(self, rows: int) -> int:
         """Fill the payments table (and their attempts) with `rows` finished payments of
-        another merchant, in batches, then ANALYZE."""
+        the bench merchant (so its `(merchant_id, merchant_order_id)` index holds them all),
+        in batches, then ANALYZE."""
         mid = psql("SELECT id FROM merchants LIMIT 1", DB)
         have = int(psql("SELECT count(*) FROM payments", DB))
         batch = 500_000
