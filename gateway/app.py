@@ -115,13 +115,15 @@ def _lifecycle(
             poll_s=settings.dispatcher_poll_s,
             concurrency=settings.dispatcher_concurrency,
         )
+        authenticator = Authenticator(
+            pool, redis, box, settings.redis_prefix, settings.key_cache_ttl_s
+        )
+        await authenticator.start()
         app[SERVICES] = Services(
             settings=settings,
             pool=pool,
             redis=redis,
-            authenticator=Authenticator(
-                pool, redis, box, settings.redis_prefix, settings.key_cache_ttl_s
-            ),
+            authenticator=authenticator,
             channels=channels,
             payments=payments,
             refunds=refunds,

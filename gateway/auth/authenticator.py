@@ -2,7 +2,17 @@
 
 The nonce is consumed only after the signature verifies, so a forged request cannot burn a
 merchant's nonces. The nonce cache is Redis; if Redis cannot answer, requests are refused
-(503), never let through unchecked."""
+(503), never let through unchecked.
+
+Redis is disposable: restarted empty (or its keys evicted), it no longer knows the nonces of
+the last 15 minutes, and a captured request still inside the 300 s clock window could be
+replayed once. So the cache keeps an epoch, the moment it was found empty (Redis's clock, a
+key without expiry set by the same script that consumes nonces): a request signed before the
+epoch is refused with 503 (re-sign and retry), since its nonce can no longer be checked. The
+gateway sets the epoch when it starts, so a request is only refused that way when the cache
+was really lost. What is left: a request signed in the very second the cache was found empty,
+or whose timestamp is ahead of the epoch because the merchant's clock runs fast (by at most
+the 300 s window)."""
 
 from __future__ import annotations
 
@@ -29,6 +39,21 @@ from gateway.store import merchants as store
 from gateway.store.db import Pool
 
 log = structlog.get_logger("auth")
+
+
+# KEYS[1]: the nonce's key, KEYS[2]: the epoch's key. ARGV[1]: the request's timestamp (unix
+# s), ARGV[2]: the nonce's lifetime (s). Returns 1: fresh nonce, consumed; 0: replayed;
+# -epoch (< 0): signed before the cache's epoch, nothing consumed.
+_CONSUME_NONCE = """
+local epoch = tonumber(redis.call('GET', KEYS[2]))
+if epoch == nil then
+  epoch = tonumber(redis.call('TIME')[1])
+  redis.call('SET', KEYS[2], epoch)
+end
+if tonumber(ARGV[1]) < epoch then return -epoch end
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 1 end
+return 0
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +84,17 @@ class Authenticator:
         self._prefix = redis_prefix
         self._ttl = cache_ttl_s
         self._cache: dict[str, _CachedKey] = {}
+        self._consume = redis.register_script(_CONSUME_NONCE)
+        self._epoch_key = f"{redis_prefix}nonce-epoch"
+
+    async def start(self) -> None:
+        """Set the nonce cache's epoch if it has none (a new cache: nothing was lost). Best
+        effort: with Redis away, the first request that gets through sets it."""
+        try:
+            now = await self._redis.time()
+            await self._redis.set(self._epoch_key, int(now[0]), nx=True)
+        except (RedisError, OSError) as exc:
+            log.warning("nonce_epoch_not_set", error=repr(exc))
 
     async def authenticate(
         self, method: str, path_and_query: str, body: bytes, header: str | None
@@ -93,7 +129,7 @@ class Authenticator:
         message = signed_message(method, path_and_query, auth.timestamp, auth.nonce, body)
         if not cached.verifier.verify(message, auth.signature):
             raise AuthError("invalid_signature", "The signature does not verify.")
-        await self._consume_nonce(auth.key_id, auth.nonce)
+        await self._consume_nonce(auth.key_id, auth.nonce, auth.timestamp)
         return AuthenticatedMerchant(merchant_id=cached.merchant_id, key_id=auth.key_id)
 
     async def _key(self, key_id: str, now: float) -> _CachedKey | None:
@@ -118,10 +154,13 @@ class Authenticator:
         self._cache[key_id] = cached
         return cached
 
-    async def _consume_nonce(self, key_id: str, nonce: str) -> None:
+    async def _consume_nonce(self, key_id: str, nonce: str, timestamp: int) -> None:
         try:
-            fresh = await self._redis.set(
-                f"{self._prefix}nonce:{key_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S
+            answer = int(
+                await self._consume(
+                    keys=[f"{self._prefix}nonce:{key_id}:{nonce}", self._epoch_key],
+                    args=[timestamp, NONCE_TTL_S],
+                )
             )
         except (RedisError, OSError) as exc:
             log.error("nonce_cache_unavailable", error=repr(exc))
@@ -131,5 +170,15 @@ class Authenticator:
                 "The replay cache is unavailable; the request was not processed.",
                 headers={"Retry-After": "1"},
             ) from None
-        if not fresh:
+        if answer == 0:
             raise AuthError("nonce_replayed", "This nonce was already used with this key.")
+        if answer < 0:
+            metrics.AUTH_FAILURES.labels(code="nonce_cache_reset").inc()
+            log.warning("nonce_cache_reset", epoch=-answer, timestamp=timestamp)
+            raise ApiError(
+                503,
+                "service_unavailable",
+                "The replay cache was reset after this request was signed, so its nonce "
+                "cannot be checked; sign the request again and retry.",
+                headers={"Retry-After": "0"},
+            )

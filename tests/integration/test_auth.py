@@ -7,7 +7,9 @@ import asyncio
 import time
 
 import asyncpg
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.auth.secretbox import SecretBox
 from gateway.auth.signature import KeyType
@@ -79,6 +81,35 @@ async def test_nonce_replayed(client: MerchantClient, db: asyncpg.Pool) -> None:
     assert first.status == 201
     again = await client.request("POST", "/v1/payments", raw=raw, auth=header)
     assert (again.status, again.json["code"]) == (401, "nonce_replayed")
+    assert await payment_count(db) == 1
+
+
+async def test_a_request_signed_before_the_nonce_cache_was_lost_is_refused(
+    gateway: Gateway, client: MerchantClient, db: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    prefix = gateway.settings.redis_prefix
+    epoch_key = f"{prefix}nonce-epoch"
+    started_at = int(await redis_client.get(epoch_key) or 0)
+    assert abs(started_at - time.time()) < 60  # set when the gateway started
+    raw = orjson.dumps(
+        {"merchant_order_id": "E1", "amount": 100, "currency": "CNY", "method": "card",
+         "description": "x"}
+    )  # fmt: skip
+    captured = client.auth_header("POST", "/v1/payments", raw, nonce="captured-nonce-0001")
+    first = await client.request("POST", "/v1/payments", raw=raw, auth=captured)
+    assert first.status == 201
+    await asyncio.sleep(1.05 - time.time() % 1)  # the epoch has a second's resolution
+    # Redis restarts empty (here: this gateway's keys go): the captured request's nonce is
+    # forgotten, and its timestamp is still inside the 300 s window
+    await redis_client.delete(*[key async for key in redis_client.scan_iter(match=f"{prefix}*")])
+    replay = await client.request("POST", "/v1/payments", raw=raw, auth=captured)
+    assert (replay.status, replay.json["code"]) == (503, "service_unavailable")
+    assert "sign the request again" in replay.json["detail"]
+    assert not await redis_client.exists(f"{prefix}nonce:{client.creds.key_id}:captured-nonce-0001")
+    assert int(await redis_client.get(epoch_key)) > started_at
+    # the merchant's own retry, signed now, is answered as usual (the existing payment)
+    again = await client.request("POST", "/v1/payments", raw=raw)
+    assert again.status == 200 and again.json["id"] == first.json["id"]
     assert await payment_count(db) == 1
 
 
