@@ -43,6 +43,7 @@ import io
 import re
 import secrets
 import time
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +69,36 @@ _DAY = re.compile(r"^[0-9]{8}$")
 _CHUNK = 16 * 1024
 
 
+NONCE_WINDOW_S = 900.0
+
+
+class NonceWindow:
+    """The nonces seen in the last `window_s` seconds. Forgetting is amortised O(1) per use
+    (oldest first, from a queue): the bank refuses a replayed nonce at any request rate
+    without rescanning what it remembers."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._seen: dict[str, float] = {}
+        self._order: deque[tuple[float, str]] = deque()
+
+    def use(self, nonce: str, now: float) -> bool:
+        """True for a nonce not seen within the window (it is remembered from now on)."""
+        horizon = now - self.window_s
+        while self._order and self._order[0][0] <= horizon:
+            at, old = self._order.popleft()
+            if self._seen.get(old) == at:
+                del self._seen[old]
+        if nonce in self._seen:
+            return False
+        self._seen[nonce] = now
+        self._order.append((now, nonce))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class BankSimulator:
     """One simulated bank: its keys, its order book and its handlers."""
 
@@ -82,7 +113,7 @@ class BankSimulator:
         self.core = SimulatorCore("bank", settings, p.NOTIFY_RETRY_SCHEDULE_S)
         self.refund_index: dict[str, str] = {}
         """refund_no -> order_no."""
-        self._nonces: dict[str, float] = {}
+        self._nonces = NonceWindow(NONCE_WINDOW_S)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- signing --------------------------------------------------------------------------
@@ -111,14 +142,7 @@ class BankSimulator:
         return merchant
 
     def _use_nonce(self, nonce: str) -> bool:
-        now = time.monotonic()
-        if len(self._nonces) > 10_000:
-            self._nonces = {n: t for n, t in self._nonces.items() if now - t < 900}
-        seen = self._nonces.get(nonce)
-        if seen is not None and now - seen < 900:
-            return False
-        self._nonces[nonce] = now
-        return True
+        return self._nonces.use(nonce, time.monotonic())
 
     def _signed(
         self, request: web.Request, status: int, body: bytes, content_type: str

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.bank import protocol as p
+from adapters.bank.simulator import NonceWindow
 from adapters.base import Decision, NotificationKind, Outcome, StatementKind
 
 KEYS = Path(__file__).resolve().parents[3] / "config" / "keys" / "bank"
@@ -461,3 +462,18 @@ def test_adapter_config_is_validated() -> None:
     ):
         with pytest.raises(ValidationError):
             BankConfig.model_validate(bad)
+
+
+def test_the_simulated_bank_remembers_nonces_for_its_window_only() -> None:
+    window = NonceWindow(900.0)
+    assert window.use("n1", 0.0) and window.use("n2", 100.0)
+    assert not window.use("n1", 899.0)  # a replay inside the window
+    assert window.use("n1", 900.0)  # forgotten once the window has passed: fresh again
+    assert not window.use("n2", 999.0)
+    assert window.use("n2", 1000.0)
+    # old nonces are dropped as time passes, not kept forever
+    for i in range(1000):
+        window.use(f"burst-{i}", 2000.0 + i / 1000)
+    assert len(window) == 1000  # the burst only: n1 and n2 (last used at 900, 1000) left
+    window.use("later", 4000.0)
+    assert len(window) == 1
