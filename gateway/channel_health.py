@@ -179,6 +179,17 @@ redis.call('PEXPIRE', bk, ttl)
 return 1
 """
 
+# KEYS: breaker. Gives back a probe slot taken by `_ACQUIRE` whose call was never sent.
+_RELEASE = """
+local bk = KEYS[1]
+local h = redis.call('HMGET', bk, 'state', 'in_flight')
+if h[1] ~= 'half_open' then return 0 end
+local in_flight = tonumber(h[2]) or 0
+if in_flight < 1 then return 0 end
+redis.call('HSET', bk, 'in_flight', in_flight - 1)
+return 1
+"""
+
 
 def _timestamp(now: datetime | float | None) -> float:
     if now is None:
@@ -238,6 +249,7 @@ class ChannelHealthStore:
         self.prefix = prefix
         self._record = redis.register_script(_RECORD)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
 
     def breaker_key(self, channel: str) -> str:
         return f"{self.prefix}ch:{{{channel}}}:breaker"
@@ -325,6 +337,11 @@ class ChannelHealthStore:
             ],
         )
         return int(result) == 1
+
+    async def release(self, channel: str) -> bool:
+        """Give back a half-open probe slot taken by `acquire` for a call that was not sent
+        (the payment turned out to exist already). True if a slot was given back."""
+        return int(await self._release(keys=[self.breaker_key(channel)])) == 1
 
     async def reset(self, channel: str) -> None:
         """Forget a channel's health (an operator's manual close of its circuit)."""

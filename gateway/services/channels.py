@@ -159,6 +159,14 @@ class ChannelRegistry:
             log.warning("channel_probe_acquire_failed", channel=channel, error=repr(exc))
             return True
 
+    async def release_probe(self, channel: str) -> None:
+        """Give back a probe slot from `acquire_probe` whose call will not be sent: left
+        taken, it would keep the channel's other payments out until the slot times out."""
+        try:
+            await self.health.release(channel)
+        except Exception as exc:  # the slot still frees itself after open_s
+            log.warning("channel_probe_release_failed", channel=channel, error=repr(exc))
+
     async def record(self, channel: str, success: bool) -> None:
         """Count a call's result in the channel's shared health: a success on a closed
         circuit joins the next batch; anything else is sent now, after this channel's

@@ -104,24 +104,15 @@ class PaymentService:
             "routing_rule": decision.rule,
             "routing_version": decision.version,
         }
-        row = await store.insert_payment_with_attempt(
-            self.pool,
-            {
-                "id": payment_id,
-                "merchant_id": merchant_id,
-                "merchant_order_id": req.merchant_order_id,
-                "amount": req.amount,
-                "currency": req.currency,
-                "method": req.method,
-                "description": req.description,
-                "notify_url": req.notify_url,
-                "metadata": dict(req.metadata),
-                "payer": req.payer.model_dump(exclude_none=True) if req.payer else None,
-                "expires_at": now + timedelta(seconds=req.expires_in),
-            },
-            attempt,
-        )
+        try:
+            row = await self._insert(merchant_id, req, payment_id, now, attempt)
+        except BaseException:
+            if first.probe:
+                await self.channels.release_probe(first.channel)
+            raise
         if row is None:  # a concurrent request with the same merchant_order_id won the insert
+            if first.probe:
+                await self.channels.release_probe(first.channel)
             existing = await store.get_payment_by_order(
                 self.pool, merchant_id, req.merchant_order_id
             )
@@ -160,6 +151,33 @@ class PaymentService:
             failure=("channel_unavailable", "Every eligible channel failed; nothing was charged."),
         )
         return CreateOutcome(payment_view(final), created=True)
+
+    async def _insert(
+        self,
+        merchant_id: str,
+        req: CreatePaymentRequest,
+        payment_id: str,
+        now: datetime,
+        attempt: dict[str, Any],
+    ) -> Any | None:
+        """The payment and its first attempt, or None if its merchant_order_id exists."""
+        return await store.insert_payment_with_attempt(
+            self.pool,
+            {
+                "id": payment_id,
+                "merchant_id": merchant_id,
+                "merchant_order_id": req.merchant_order_id,
+                "amount": req.amount,
+                "currency": req.currency,
+                "method": req.method,
+                "description": req.description,
+                "notify_url": req.notify_url,
+                "metadata": dict(req.metadata),
+                "payer": req.payer.model_dump(exclude_none=True) if req.payer else None,
+                "expires_at": now + timedelta(seconds=req.expires_in),
+            },
+            attempt,
+        )
 
     async def _route(
         self, merchant_id: str, req: CreatePaymentRequest

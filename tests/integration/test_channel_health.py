@@ -291,3 +291,17 @@ async def test_a_batch_of_successes_on_a_half_open_circuit_counts_as_that_many_p
     assert (await state_of(store, "wechat", T0 + 3)).state is BreakerState.OPEN
     # after open_s the circuit is half-open; two probe successes (half_open_probes) close it
     assert await store.record("wechat", True, T0 + 40, SETTINGS, count=2) is BreakerState.CLOSED
+
+
+async def test_a_probe_slot_given_back_can_be_taken_again(store: ChannelHealthStore) -> None:
+    for i in range(3):
+        await store.record("bank", False, T0 + i, SETTINGS)
+    later = T0 + 40  # past open_s: half-open, half_open_probes 2
+    assert await store.acquire("bank", later, SETTINGS)
+    assert await store.acquire("bank", later, SETTINGS)
+    assert not await store.acquire("bank", later, SETTINGS)
+    assert await store.release("bank")
+    assert await store.acquire("bank", later, SETTINGS)
+    # nothing to give back on a closed circuit
+    await store.reset("bank")
+    assert not await store.release("bank")

@@ -261,6 +261,39 @@ async def test_circuit_opens_under_faults_is_shared_and_closes_after_recovery(
             await s.close()
 
 
+async def test_a_repeated_create_gives_back_the_probe_slot_it_took(
+    tmp_path: Path,
+    database_url: str,
+    redis_prefix: str,
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    bank_a: str,
+    db: asyncpg.Pool,
+) -> None:
+    await set_faults(bank_a, error_rate=1)
+    gw, server, _ = await routed_gateway(
+        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a", "bank_b"]
+    )
+    try:
+        client = gw.client(await new_merchant(database_url))
+        first = await client.create_payment(merchant_order_id="R-1")
+        for _ in range(2):  # consecutive_failures: 3 opens bank_a's circuit
+            await client.create_payment()
+        assert (await admin(gw))["health"]["bank_a"]["circuit"] == "open"
+        await set_faults(bank_a, error_rate=0)
+        await asyncio.sleep(1.1)  # open_s: bank_a is half-open, one probe slot
+        # a merchant's retry of an existing order routes (taking bank_a's only probe slot)
+        # but calls nobody: it must give the slot back
+        again = await client.create_payment(merchant_order_id="R-1")
+        assert again.status == 200 and again.json["id"] == first.json["id"]
+        probe = await client.create_payment()
+        assert probe.status == 201 and probe.json["channel"] == "bank_a", probe.json
+        assert (await admin(gw))["health"]["bank_a"]["circuit"] == "closed"
+    finally:
+        await gw.http.close()
+        await server.close()
+
+
 async def test_all_circuits_open_is_503_and_creates_nothing(
     tmp_path: Path,
     database_url: str,
