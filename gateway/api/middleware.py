@@ -21,10 +21,16 @@ REQUEST_ID = web.RequestKey("request_id", str)
 DATABASE_AWAY: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin or crash shutdown of the server
     asyncpg.InterfaceError,
+    # a pooled connection the server dropped mid-operation, reused ("cannot switch to state
+    # 15; another operation is in progress", seen while PostgreSQL restarts)
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
 )
-"""Errors that mean the database could not be reached (as opposed to a bug)."""
+"""Errors that mean the database could not be reached or went away mid-request (as opposed to
+a bug): answered 503 with Retry-After, which merchants retry safely (creates and refunds are
+idempotent by merchant_order_id / merchant_refund_id and Idempotency-Key)."""
 
 _HTTP_CODES = {
     400: "invalid_request",
