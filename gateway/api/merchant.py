@@ -142,7 +142,8 @@ def merchant_endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Stre
             )
         try:
             try:
-                response = await fn(svc, merchant, request, _decode_json(request, body))
+                async with idempotency.held(svc.pool, merchant.merchant_id, key):
+                    response = await fn(svc, merchant, request, _decode_json(request, body))
             except ApiError as exc:
                 response = problem_response(exc, request[REQUEST_ID])
         except BaseException:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import structlog
 
 from gateway.errors import ApiError
 from gateway.store import idempotency as store
 from gateway.store.db import Pool
+
+log = structlog.get_logger("idempotency")
 
 MAX_KEY_LENGTH = 255
 
@@ -69,3 +76,29 @@ async def finish(pool: Pool, merchant_id: str, key: str, status: int, body: byte
 
 async def abandon(pool: Pool, merchant_id: str, key: str) -> None:
     await store.release(pool, merchant_id, key)
+
+
+RENEW_EVERY_S = store.LEASE_S / 3
+
+
+@contextlib.asynccontextmanager
+async def held(pool: Pool, merchant_id: str, key: str) -> AsyncIterator[None]:
+    """Keep the key's lease while the request runs, renewing it every RENEW_EVERY_S: a live
+    request keeps its key however long its channel calls take, and a retry can take over the
+    key of a request whose process died within LEASE_S (10 s), not a fixed minute."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            try:
+                await store.renew(pool, merchant_id, key)
+            except Exception as exc:  # the next renewal may succeed; the lease is a backstop
+                log.warning("idempotency_lease_renewal_failed", error=repr(exc))
+
+    task = asyncio.get_running_loop().create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

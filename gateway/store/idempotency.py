@@ -8,8 +8,9 @@ import asyncpg
 from gateway.store.db import Pool
 
 TTL = "24 hours"
-LEASE = "60 seconds"
-"""An in-flight record older than this belongs to a request that died; a retry may take it."""
+LEASE_S = 10
+"""An in-flight record whose lease has run out belongs to a request that died (a live request
+renews its lease while it runs: `gateway.services.idempotency.held`); a retry may take it."""
 
 
 async def claim(
@@ -21,7 +22,7 @@ async def claim(
         INSERT INTO idempotency_keys
             (merchant_id, key, method, path, request_hash, state, expires_at, locked_until)
         VALUES ($1, $2, $3, $4, $5, 'in_flight', now() + interval '{TTL}',
-                now() + interval '{LEASE}')
+                now() + interval '{LEASE_S} seconds')
         ON CONFLICT (merchant_id, key) DO UPDATE
            SET method = EXCLUDED.method, path = EXCLUDED.path,
                request_hash = EXCLUDED.request_hash, state = 'in_flight',
@@ -58,6 +59,18 @@ async def complete(pool: Pool, merchant_id: str, key: str, status: int, body: by
         status,
         body,
     )
+
+
+async def renew(pool: Pool, merchant_id: str, key: str) -> bool:
+    """Push an in-flight record's lease LEASE_S further. False if it is no longer in flight."""
+    status = await pool.execute(
+        "UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $3)"
+        " WHERE merchant_id = $1 AND key = $2 AND state = 'in_flight'",
+        merchant_id,
+        key,
+        LEASE_S,
+    )
+    return status.endswith(" 1")
 
 
 async def release(pool: Pool, merchant_id: str, key: str) -> None:

@@ -9,6 +9,8 @@ import asyncpg
 import orjson
 import pytest
 
+from gateway.services import idempotency
+from gateway.store import idempotency as idempotency_store
 from tests.fixtures import Gateway
 from tests.support import MerchantClient, payment_payload
 
@@ -167,6 +169,44 @@ async def test_idempotency_key_in_flight(gateway: Gateway, client: MerchantClien
     second = await client.request("POST", "/v1/payments", payload, idempotency_key="if-1")
     assert (second.status, second.json["code"]) == (409, "idempotency_key_in_use")
     assert (await slow).status == 201
+
+
+async def test_a_live_request_keeps_its_key_past_the_lease(
+    gateway: Gateway, client: MerchantClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotency_store, "LEASE_S", 1)
+    monkeypatch.setattr(idempotency, "RENEW_EVERY_S", 0.2)
+    async with gateway.http.put(
+        f"{gateway.url}/sim/bank/control/faults", json={"latency_ms": 2500}
+    ) as r:
+        assert r.status == 200
+    payload = payment_payload(merchant_order_id="LEASE-1")
+    slow = asyncio.create_task(
+        client.request("POST", "/v1/payments", payload, idempotency_key="lease-1")
+    )
+    await asyncio.sleep(1.6)  # past the 1 s lease: only its renewals keep the key
+    second = await client.request("POST", "/v1/payments", payload, idempotency_key="lease-1")
+    assert (second.status, second.json["code"]) == (409, "idempotency_key_in_use")
+    first = await slow
+    assert first.status == 201
+    replay = await client.request("POST", "/v1/payments", payload, idempotency_key="lease-1")
+    assert replay.status == 201 and replay.headers.get("Idempotent-Replayed") == "true"
+
+
+async def test_the_key_of_a_request_that_died_is_taken_over_after_the_lease(
+    gateway: Gateway, client: MerchantClient, monkeypatch: pytest.MonkeyPatch, db: asyncpg.Pool
+) -> None:
+    monkeypatch.setattr(idempotency_store, "LEASE_S", 1)
+    raw = orjson.dumps(payment_payload(merchant_order_id="DIED-1"))
+    merchant_id = await db.fetchval("SELECT merchant_id FROM merchant_keys WHERE id = $1",
+                                    client.creds.key_id)  # fmt: skip
+    # a process claimed the key and died before answering: nothing renews its lease
+    assert await idempotency.begin(db, merchant_id, "died-1", "POST", "/v1/payments", raw) is None
+    held = await client.request("POST", "/v1/payments", raw=raw, idempotency_key="died-1")
+    assert (held.status, held.json["code"]) == (409, "idempotency_key_in_use")
+    await asyncio.sleep(1.2)
+    retried = await client.request("POST", "/v1/payments", raw=raw, idempotency_key="died-1")
+    assert retried.status == 201, retried.json
 
 
 async def test_200_concurrent_identical_creates_make_one_payment(
