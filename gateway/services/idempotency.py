@@ -89,16 +89,21 @@ async def held(pool: Pool, merchant_id: str, key: str) -> AsyncIterator[None]:
 
     async def renew() -> None:
         while True:
-            await asyncio.sleep(RENEW_EVERY_S)
             try:
                 await store.renew(pool, merchant_id, key)
             except Exception as exc:  # the next renewal may succeed; the lease is a backstop
                 log.warning("idempotency_lease_renewal_failed", error=repr(exc))
+            await asyncio.sleep(RENEW_EVERY_S)
 
-    task = asyncio.get_running_loop().create_task(renew())
+    # most requests end long before the first renewal: a timer, not a task, until then
+    loop = asyncio.get_running_loop()
+    renewing: list[asyncio.Task[None]] = []
+    timer = loop.call_later(RENEW_EVERY_S, lambda: renewing.append(loop.create_task(renew())))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()
+        for task in renewing:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
