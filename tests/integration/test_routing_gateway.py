@@ -5,7 +5,7 @@ flow, and the admin view."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,41 @@ async def routed_gateway(
     return gw, server, path
 
 
+Start = Callable[..., Awaitable[tuple[Gateway, Path]]]
+
+
+@pytest.fixture
+async def routed(
+    tmp_path: Path, database_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Start]:
+    """`await routed(bank_a_url, order, **routing)` -> (gateway, its routing file): a gateway on
+    a routing file of this test's; `await routed(routing_file=path)` another process on the
+    same file. Every gateway started is closed after the test."""
+    started: list[tuple[Gateway, TestServer]] = []
+
+    async def start(
+        bank_a_url: str = "", order: list[str] | None = None, *, routing_file: Path | None = None,
+        **routing: Any,
+    ) -> tuple[Gateway, Path]:  # fmt: skip
+        if routing_file is None:
+            gw, server, path = await routed_gateway(
+                tmp_path, database_url, redis_prefix, monkeypatch, bank_a_url, order or [],
+                **routing,
+            )  # fmt: skip
+        else:
+            path = routing_file
+            gw, server = await start_gateway(
+                database_url, redis_prefix, routing_file=path, admin_token=ADMIN_TOKEN
+            )
+        started.append((gw, server))
+        return gw, path
+
+    yield start
+    for gw, server in reversed(started):
+        await gw.http.close()
+        await server.close()
+
+
 async def admin(gw: Gateway, path: str = "/admin/routing") -> dict[str, Any]:
     async with gw.http.get(
         gw.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -121,44 +156,34 @@ async def closed_port_url() -> str:
 
 
 async def test_failover_from_a_refusing_channel(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     closed_port_url: str,
     db: asyncpg.Pool,
 ) -> None:
-    gw, server, _ = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, closed_port_url, ["bank_a", "bank_b"]
-    )
-    try:
-        client = gw.client(await new_merchant(database_url))
-        reply = await client.create_payment()
-        assert reply.status == 201, reply.body
-        payment = reply.json
-        assert payment["status"] == "pending"
-        assert payment["channel"] == "bank_b"
-        assert payment["channel_order_id"] == f"{payment['id']}_2"
-        assert payment["next_action"] is not None
-        rows = await attempts(db, payment["id"])
-        assert [(a["channel"], a["status"]) for a in rows] == [
-            ("bank_a", "failed_over"),
-            ("bank_b", "waiting"),
-        ]
-        version = (await admin(gw))["version"]
-        assert {a["routing_version"] for a in rows} == {version}
-    finally:
-        await gw.http.close()
-        await server.close()
+    gw, _ = await routed(closed_port_url, ["bank_a", "bank_b"])
+    client = gw.client(await new_merchant(database_url))
+    reply = await client.create_payment()
+    assert reply.status == 201, reply.body
+    payment = reply.json
+    assert payment["status"] == "pending"
+    assert payment["channel"] == "bank_b"
+    assert payment["channel_order_id"] == f"{payment['id']}_2"
+    assert payment["next_action"] is not None
+    rows = await attempts(db, payment["id"])
+    assert [(a["channel"], a["status"]) for a in rows] == [
+        ("bank_a", "failed_over"),
+        ("bank_b", "waiting"),
+    ]
+    version = (await admin(gw))["version"]
+    assert {a["routing_version"] for a in rows} == {version}
 
 
 async def test_every_channel_failing_over_fails_the_payment(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     closed_port_url: str,
     db: asyncpg.Pool,
 ) -> None:
@@ -168,217 +193,166 @@ async def test_every_channel_failing_over_fails_the_payment(
     config:
       base_url: http://127.0.0.1:{free_port()}/sim/bank{BANK_CONFIG}
 """
-    gw, server, _ = await routed_gateway(
-        tmp_path,
-        database_url,
-        redis_prefix,
-        monkeypatch,
+    gw, _ = await routed(
         closed_port_url,
         ["bank_a", "bank_c"],
         extra=extra,
     )
-    try:
-        client = gw.client(await new_merchant(database_url))
-        reply = await client.create_payment()
-        assert reply.status == 201
-        assert reply.json["status"] == "failed"
-        assert reply.json["failure"]["code"] == "channel_unavailable"
-        rows = await attempts(db, reply.json["id"])
-        assert [a["status"] for a in rows] == ["failed_over", "failed_over"]
-    finally:
-        await gw.http.close()
-        await server.close()
+    client = gw.client(await new_merchant(database_url))
+    reply = await client.create_payment()
+    assert reply.status == 201
+    assert reply.json["status"] == "failed"
+    assert reply.json["failure"]["code"] == "channel_unavailable"
+    rows = await attempts(db, reply.json["id"])
+    assert [a["status"] for a in rows] == ["failed_over", "failed_over"]
 
 
 async def test_no_failover_on_a_timeout(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     bank_a: str,
     db: asyncpg.Pool,
 ) -> None:
     await set_faults(bank_a, timeout_rate=1)
-    gw, server, _ = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a", "bank_b"]
-    )
-    try:
-        client = gw.client(await new_merchant(database_url))
-        reply = await client.create_payment()
-        assert reply.status == 201, reply.body
-        assert reply.json["status"] == "pending"
-        assert reply.json["channel"] == "bank_a"
-        rows = await attempts(db, reply.json["id"])
-        assert [(a["channel"], a["status"]) for a in rows] == [("bank_a", "unknown")]
-    finally:
-        await gw.http.close()
-        await server.close()
+    gw, _ = await routed(bank_a, ["bank_a", "bank_b"])
+    client = gw.client(await new_merchant(database_url))
+    reply = await client.create_payment()
+    assert reply.status == 201, reply.body
+    assert reply.json["status"] == "pending"
+    assert reply.json["channel"] == "bank_a"
+    rows = await attempts(db, reply.json["id"])
+    assert [(a["channel"], a["status"]) for a in rows] == [("bank_a", "unknown")]
 
 
 async def test_circuit_opens_under_faults_is_shared_and_closes_after_recovery(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     bank_a: str,
     db: asyncpg.Pool,
 ) -> None:
     await set_faults(bank_a, error_rate=1)
-    gw, server, path = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a", "bank_b"]
-    )
-    gw2, server2 = await start_gateway(
-        database_url, redis_prefix, routing_file=path, admin_token=ADMIN_TOKEN
-    )
-    try:
-        merchant = await new_merchant(database_url)
-        client = gw.client(merchant)
-        for _ in range(3):  # consecutive_failures: 3
-            reply = await client.create_payment()
-            assert reply.json["channel"] == "bank_b"
-        health = (await admin(gw))["health"]
-        assert health["bank_a"]["circuit"] == "open"
-        # the second gateway process sees the same breaker through Redis
-        assert (await admin(gw2))["health"]["bank_a"]["circuit"] == "open"
-        skipped = await gw2.client(merchant).create_payment()
-        assert skipped.status == 201 and skipped.json["channel"] == "bank_b"
-        assert [a["channel"] for a in await attempts(db, skipped.json["id"])] == ["bank_b"]
-        async with gw2.http.get(gw2.url + "/metrics") as resp:
-            exported = await resp.text()
-        assert 'gateway_channel_breaker_state{channel="bank_a"} 2.0' in exported
+    gw, path = await routed(bank_a, ["bank_a", "bank_b"])
+    gw2, _ = await routed(routing_file=path)
+    merchant = await new_merchant(database_url)
+    client = gw.client(merchant)
+    for _ in range(3):  # consecutive_failures: 3
+        reply = await client.create_payment()
+        assert reply.json["channel"] == "bank_b"
+    health = (await admin(gw))["health"]
+    assert health["bank_a"]["circuit"] == "open"
+    # the second gateway process sees the same breaker through Redis
+    assert (await admin(gw2))["health"]["bank_a"]["circuit"] == "open"
+    skipped = await gw2.client(merchant).create_payment()
+    assert skipped.status == 201 and skipped.json["channel"] == "bank_b"
+    assert [a["channel"] for a in await attempts(db, skipped.json["id"])] == ["bank_b"]
+    async with gw2.http.get(gw2.url + "/metrics") as resp:
+        exported = await resp.text()
+    assert 'gateway_channel_breaker_state{channel="bank_a"} 2.0' in exported
 
-        # recovery: after open_s the next payment probes bank_a, which now answers
-        await set_faults(bank_a, error_rate=0)
-        await asyncio.sleep(1.1)
-        probe = await client.create_payment()
-        assert probe.json["channel"] == "bank_a", probe.json
-        assert (await admin(gw))["health"]["bank_a"]["circuit"] == "closed"
-    finally:
-        for g, s in ((gw, server), (gw2, server2)):
-            await g.http.close()
-            await s.close()
+    # recovery: after open_s the next payment probes bank_a, which now answers
+    await set_faults(bank_a, error_rate=0)
+    await asyncio.sleep(1.1)
+    probe = await client.create_payment()
+    assert probe.json["channel"] == "bank_a", probe.json
+    assert (await admin(gw))["health"]["bank_a"]["circuit"] == "closed"
 
 
 async def test_a_repeated_create_gives_back_the_probe_slot_it_took(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     bank_a: str,
     db: asyncpg.Pool,
 ) -> None:
     await set_faults(bank_a, error_rate=1)
-    gw, server, _ = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a", "bank_b"]
-    )
-    try:
-        client = gw.client(await new_merchant(database_url))
-        first = await client.create_payment(merchant_order_id="R-1")
-        for _ in range(2):  # consecutive_failures: 3 opens bank_a's circuit
-            await client.create_payment()
-        assert (await admin(gw))["health"]["bank_a"]["circuit"] == "open"
-        await set_faults(bank_a, error_rate=0)
-        await asyncio.sleep(1.1)  # open_s: bank_a is half-open, one probe slot
-        # a merchant's retry of an existing order routes (taking bank_a's only probe slot)
-        # but calls nobody: it must give the slot back
-        again = await client.create_payment(merchant_order_id="R-1")
-        assert again.status == 200 and again.json["id"] == first.json["id"]
-        probe = await client.create_payment()
-        assert probe.status == 201 and probe.json["channel"] == "bank_a", probe.json
-        assert (await admin(gw))["health"]["bank_a"]["circuit"] == "closed"
-    finally:
-        await gw.http.close()
-        await server.close()
+    gw, _ = await routed(bank_a, ["bank_a", "bank_b"])
+    client = gw.client(await new_merchant(database_url))
+    first = await client.create_payment(merchant_order_id="R-1")
+    for _ in range(2):  # consecutive_failures: 3 opens bank_a's circuit
+        await client.create_payment()
+    assert (await admin(gw))["health"]["bank_a"]["circuit"] == "open"
+    await set_faults(bank_a, error_rate=0)
+    await asyncio.sleep(1.1)  # open_s: bank_a is half-open, one probe slot
+    # a merchant's retry of an existing order routes (taking bank_a's only probe slot)
+    # but calls nobody: it must give the slot back
+    again = await client.create_payment(merchant_order_id="R-1")
+    assert again.status == 200 and again.json["id"] == first.json["id"]
+    probe = await client.create_payment()
+    assert probe.status == 201 and probe.json["channel"] == "bank_a", probe.json
+    assert (await admin(gw))["health"]["bank_a"]["circuit"] == "closed"
 
 
 async def test_all_circuits_open_is_503_and_creates_nothing(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     bank_a: str,
     db: asyncpg.Pool,
 ) -> None:
     await set_faults(bank_a, error_rate=1)
-    gw, server, _ = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a"], max_attempts=1
-    )
-    try:
-        client = gw.client(await new_merchant(database_url))
-        for _ in range(3):
-            reply = await client.create_payment()
-            assert reply.json["status"] == "failed"
-        before = await db.fetchval("SELECT count(*) FROM payments")
-        refused = await client.create_payment()
-        assert refused.status == 503
-        assert refused.json["code"] == "channel_unavailable"
-        assert int(refused.headers["Retry-After"]) >= 1
-        assert await db.fetchval("SELECT count(*) FROM payments") == before
-    finally:
-        await gw.http.close()
-        await server.close()
+    gw, _ = await routed(bank_a, ["bank_a"], max_attempts=1)
+    client = gw.client(await new_merchant(database_url))
+    for _ in range(3):
+        reply = await client.create_payment()
+        assert reply.json["status"] == "failed"
+    before = await db.fetchval("SELECT count(*) FROM payments")
+    refused = await client.create_payment()
+    assert refused.status == 503
+    assert refused.json["code"] == "channel_unavailable"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert await db.fetchval("SELECT count(*) FROM payments") == before
 
 
 async def test_hot_reload_while_requests_flow(
-    tmp_path: Path,
     database_url: str,
-    redis_prefix: str,
+    routed: Start,
     redis_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
     bank_a: str,
 ) -> None:
-    gw, server, path = await routed_gateway(
-        tmp_path, database_url, redis_prefix, monkeypatch, bank_a, ["bank_a", "bank_b"]
-    )
-    try:
-        client: MerchantClient = gw.client(await new_merchant(database_url))
-        before = await admin(gw)
-        statuses: list[int] = []
-        channels: list[str] = []
-        stop = asyncio.Event()
+    gw, path = await routed(bank_a, ["bank_a", "bank_b"])
+    client: MerchantClient = gw.client(await new_merchant(database_url))
+    before = await admin(gw)
+    statuses: list[int] = []
+    channels: list[str] = []
+    stop = asyncio.Event()
 
-        async def traffic() -> None:
-            while not stop.is_set():
-                reply = await client.create_payment()
-                statuses.append(reply.status)
-                channels.append(reply.json.get("channel", ""))
+    async def traffic() -> None:
+        while not stop.is_set():
+            reply = await client.create_payment()
+            statuses.append(reply.status)
+            channels.append(reply.json.get("channel", ""))
 
-        runners = [asyncio.create_task(traffic()) for _ in range(4)]
-        await wait_until(lambda: _at_least(channels, 10))
-        path.write_text(routing_yaml(["bank_b", "bank_a"]))
+    runners = [asyncio.create_task(traffic()) for _ in range(4)]
+    await wait_until(lambda: _at_least(channels, 10))
+    path.write_text(routing_yaml(["bank_b", "bank_a"]))
 
-        async def reloaded() -> bool:
-            return bool((await admin(gw))["version"] != before["version"])
+    async def reloaded() -> bool:
+        return bool((await admin(gw))["version"] != before["version"])
 
-        await wait_until(reloaded, within=10)
-        mark = len(channels)
-        await wait_until(lambda: _at_least(channels, mark + 10))
-        # an invalid edit is refused whole: the rules in force keep serving
-        path.write_text("channels: {oops: [\n")
+    await wait_until(reloaded, within=10)
+    mark = len(channels)
+    await wait_until(lambda: _at_least(channels, mark + 10))
+    # an invalid edit is refused whole: the rules in force keep serving
+    path.write_text("channels: {oops: [\n")
 
-        async def refused() -> bool:
-            return (await admin(gw))["last_reload_error"] is not None
+    async def refused() -> bool:
+        return (await admin(gw))["last_reload_error"] is not None
 
-        await wait_until(refused, within=10)
-        mark2 = len(channels)
-        await wait_until(lambda: _at_least(channels, mark2 + 10))
-        stop.set()
-        await asyncio.gather(*runners)
+    await wait_until(refused, within=10)
+    mark2 = len(channels)
+    await wait_until(lambda: _at_least(channels, mark2 + 10))
+    stop.set()
+    await asyncio.gather(*runners)
 
-        assert set(statuses) == {201}, statuses
-        assert set(channels[:10]) == {"bank_a"}
-        # requests in flight during the swap may go either way; after it, all go to bank_b
-        assert set(channels[mark + 4 :]) == {"bank_b"}
-        view = await admin(gw)
-        assert view["stale"] is True and view["reload_failures"] >= 1
-        assert view["version"] != before["version"]
-    finally:
-        await gw.http.close()
-        await server.close()
+    assert set(statuses) == {201}, statuses
+    assert set(channels[:10]) == {"bank_a"}
+    # requests in flight during the swap may go either way; after it, all go to bank_b
+    assert set(channels[mark + 4 :]) == {"bank_b"}
+    view = await admin(gw)
+    assert view["stale"] is True and view["reload_failures"] >= 1
+    assert view["version"] != before["version"]
 
 
 async def _at_least(items: list[str], n: int) -> bool:
