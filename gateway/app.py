@@ -78,7 +78,14 @@ def _lifecycle(
         pool = await create_pool(endpoints.database_url, settings.db_pool_min, settings.db_pool_max)
         async with pool.acquire() as conn:
             await migrate(conn)
-        redis = aioredis.from_url(endpoints.redis_url)
+        # from_pool: the client owns the pool and closes it with itself
+        redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                endpoints.redis_url,
+                max_connections=settings.redis_pool_max,
+                timeout=settings.redis_pool_timeout_s,
+            )
+        )
         http = channel_session()
         box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
         if box is None:

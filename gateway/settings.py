@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     log_json: bool = True
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(20, ge=1)
+    redis_pool_max: int = Field(64, ge=1)
+    """Redis connections per process. A request that finds them all busy waits for one (up
+    to `redis_pool_timeout_s`) instead of failing: a burst queues, it does not get 503."""
+    redis_pool_timeout_s: float = Field(5.0, gt=0)
     routing_poll_s: float = Field(1.0, gt=0)
     sync_poll_s: float = Field(1.0, gt=0)
     late_payment_auto_refund: bool = False
