@@ -2,6 +2,12 @@
 
 Each channel package provides `adapter.build(name, config, ctx) -> ChannelAdapter` and
 `simulator.build_app(settings) -> aiohttp.web.Application`.
+
+`check_config` validates a channel's `config:` mapping as the routing file gives it, key files
+included (they must exist and load), without building anything that talks to the network;
+`build_adapter` builds the adapter. Both raise `AdapterConfigError`, whose `errors` are
+``field: problem`` messages (never key material), so that a routing file with one bad channel
+is refused whole (API.md §4).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from adapters.base import AdapterContext, ChannelAdapter
 from adapters.simkit import SimulatorSettings
@@ -34,11 +41,45 @@ def _module(adapter: str, part: str) -> object:
     return importlib.import_module(f"adapters.{adapter}.{part}")
 
 
+class AdapterConfigError(ValueError):
+    """A channel's `config:` that its adapter refuses: `errors` are ``field: problem``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+def _config_errors(exc: ValidationError) -> list[str]:
+    found: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(config)"
+        message = error["msg"].removeprefix("Value error, ")
+        line = f"{where}: {message}"
+        if line not in found:
+            found.append(line)
+    return found
+
+
 def build_adapter(
     adapter: str, name: str, config: Mapping[str, Any], ctx: AdapterContext
 ) -> ChannelAdapter:
+    """Validate the config, load its keys and build the adapter. Raises AdapterConfigError."""
     module = cast(_AdapterModule, _module(adapter, "adapter"))
-    return module.build(name, config, ctx)
+    try:
+        return module.build(name, config, ctx)
+    except AdapterConfigError:
+        raise
+    except ValidationError as exc:
+        raise AdapterConfigError(_config_errors(exc)) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise AdapterConfigError([f"(config): {exc}"]) from None
+
+
+def check_config(adapter: str, config: Mapping[str, Any], config_dir: str) -> None:
+    """Validate a channel's config and load its key files, talking to nobody. Raises
+    AdapterConfigError. (Builds the adapter without an HTTP session: building never sends.)"""
+    ctx = AdapterContext(http=cast(Any, None), config_dir=config_dir)
+    build_adapter(adapter, "(check)", config, ctx)
 
 
 def build_simulator(adapter: str, settings: SimulatorSettings) -> web.Application:
