@@ -364,6 +364,23 @@ async def test_test_environment_notification_re_signed_is_accepted(
     assert parsed.result.paid_at == datetime(2017, 3, 24, 15, 11, 19, tzinfo=CHINA)
 
 
+async def test_blank_fields_are_part_of_a_notifications_signature(
+    tmp_path: Path, http: aiohttp.ClientSession, pki: Pki
+) -> None:
+    """The SDK verifies over every field but signature, blank ones included."""
+    original = TESTENV["messages"]["back_notification"] | {"reqReserved": ""}
+    adapter = build_unionpay(tmp_path, http, pki, "https://gateway.95516.com", original["merId"])
+    signed = re_signed(original, pki.signer, pki.signer_key)
+    assert "&reqReserved=&" in signing_string(signed)
+
+    assert adapter.parse_notification(notification(signed)).result.outcome is Outcome.SUCCEEDED
+    with pytest.raises(NotificationRejected):  # signed without the blank field: not the same text
+        without = {k: v for k, v in original.items() if k != "reqReserved"}
+        adapter.parse_notification(
+            notification(re_signed(without, pki.signer, pki.signer_key) | {"reqReserved": ""})
+        )
+
+
 async def test_forged_notifications_are_rejected(
     tmp_path: Path, http: aiohttp.ClientSession, pki: Pki
 ) -> None:
