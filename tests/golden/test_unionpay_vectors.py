@@ -244,22 +244,31 @@ def test_signed_bytes_are_the_hex_digest_as_openssl_sees_them(tmp_path: Path) ->
 # ---- our adapter against them ---------------------------------------------------------------
 
 
-def qr_answer(request: Mapping[str, str], pki: Pki) -> dict[str, str]:
-    fields = {
-        k: request[k]
-        for k in (
-            "accessType",
-            "bizType",
-            "encoding",
-            "merId",
-            "orderId",
-            "signMethod",
-            "txnSubType",
-            "txnTime",
-            "txnType",
-            "version",
-        )
-    } | {"qrCode": QR["qr_code"], "respCode": "00", "respMsg": "成功[0000000]"}
+ECHOED = (
+    "accessType",
+    "bizType",
+    "encoding",
+    "merId",
+    "signMethod",
+    "txnSubType",
+    "txnTime",
+    "txnType",
+    "version",
+)
+"""Request fields UnionPay's answers repeat."""
+
+
+def echoed(request_body: bytes, *more: str) -> dict[str, str]:
+    request = dict(parse_qsl(request_body.decode()))
+    return {k: request[k] for k in (*ECHOED, *more)}
+
+
+def qr_answer(request_body: bytes, pki: Pki) -> dict[str, str]:
+    fields = echoed(request_body, "orderId") | {
+        "qrCode": QR["qr_code"],
+        "respCode": "00",
+        "respMsg": "成功[0000000]",
+    }
     return re_signed(fields, pki.signer, pki.signer_key)
 
 
@@ -267,7 +276,7 @@ async def test_qr_application_is_signed_as_the_sdk_does(
     tmp_path: Path, http: aiohttp.ClientSession, start_server: StartServer, pki: Pki
 ) -> None:
     def respond(sent: Any) -> Reply:
-        return Reply(200, answer_text(qr_answer(dict(parse_qsl(sent.body.decode())), pki)))
+        return Reply(200, answer_text(qr_answer(sent.body, pki)))
 
     server = await start_server(respond)
     mer_id = TESTENV["messages"]["back_notification"]["merId"]
@@ -322,7 +331,7 @@ async def test_an_answer_that_does_not_match_its_signature_is_not_trusted(
     tmp_path: Path, http: aiohttp.ClientSession, start_server: StartServer, pki: Pki
 ) -> None:
     def respond(sent: Any) -> Reply:
-        genuine = qr_answer(dict(parse_qsl(sent.body.decode())), pki)
+        genuine = qr_answer(sent.body, pki)
         return Reply(200, answer_text(genuine | {"qrCode": "https://qr.95516.com/00010000/forged"}))
 
     server = await start_server(respond)
@@ -462,23 +471,7 @@ async def test_statement_reads_the_zm_file(
     file_content = base64.b64encode(zlib.compress(archive.getvalue())).decode()
 
     def respond(sent: Any) -> Reply:
-        request = dict(parse_qsl(sent.body.decode()))
-        fields = {
-            k: request[k]
-            for k in (
-                "accessType",
-                "bizType",
-                "encoding",
-                "merId",
-                "signMethod",
-                "txnSubType",
-                "txnTime",
-                "txnType",
-                "version",
-            )
-        }
-        fields |= {
-            "settleDate": request["settleDate"],
+        fields = echoed(sent.body, "settleDate") | {
             "respCode": "00",
             "respMsg": "成功[0000000]",
             "fileContent": file_content,
