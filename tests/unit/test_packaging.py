@@ -1,10 +1,12 @@
-"""The supply chain, checked statically: the lock files agree with pyproject.toml and `make`
-installs from them."""
+"""The supply chain, checked statically: the lock files agree with pyproject.toml, `make`
+installs from them, and the Docker image is built from them, from a base pinned by digest,
+without the development keys, as a non-root user, reading the production routing example."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from routing.loader import RoutingError, parse_routing
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -212,3 +216,177 @@ def test_make_lint_runs_the_audit_over_the_locks() -> None:
 
 def test_ci_runs_make_test() -> None:
     assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\nmake test")
+
+
+# ---- Dockerfile and .dockerignore ------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def _build_args() -> dict[str, str]:
+    return dict(rest.split("=", 1) for kw, rest in _dockerfile() if kw == "ARG" and "=" in rest)
+
+
+def test_every_base_image_is_python_3_11_pinned_by_digest() -> None:
+    args = _build_args()
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+        for kw, rest in _dockerfile()
+        if kw == "FROM"
+    ]
+    assert len(bases) == 2
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11[\w.-]*@sha256:[0-9a-f]{64}", base), base
+
+
+def test_the_image_installs_the_runtime_lock_with_hashes_and_the_project_without_deps() -> None:
+    runs = [rest for kw, rest in _dockerfile() if kw == "RUN" and "pip install" in rest]
+    assert len(runs) == 2, runs
+    assert "--require-hashes" in runs[0] and "-r requirements/runtime.txt" in runs[0]
+    assert "--no-deps" in runs[1] and "--no-build-isolation" in runs[1]
+
+
+def test_the_image_copies_no_key_and_reads_the_production_routing_example() -> None:
+    copies = [shlex.split(rest) for kw, rest in _dockerfile() if kw == "COPY"]
+    sources = [s for c in copies if not c[0].startswith("--from") for s in c[:-1]]
+    for source in sources:
+        assert not (source.rstrip("/") in {".", "config"} or source.startswith("config/keys")), (
+            source
+        )
+    env = " ".join(rest for kw, rest in _dockerfile() if kw == "ENV")
+    routing = re.search(r"GATEWAY_ROUTING_FILE=(\S+)", env)
+    assert routing and routing.group(1) == "/app/config/routing.production.example.yaml"
+    assert "config/routing.production.example.yaml" in sources
+    assert "GATEWAY_CONFIG_DIR=/run/secrets" in env
+
+
+def test_the_image_runs_as_a_user_other_than_root_with_a_healthcheck() -> None:
+    instructions = _dockerfile()
+    (user,) = [rest for kw, rest in instructions if kw == "USER"]
+    assert user.split(":")[0] not in {"root", "0"}
+    keywords = [kw for kw, _ in instructions]
+    assert keywords.index("USER") > max(i for i, kw in enumerate(keywords) if kw in {"COPY", "RUN"})
+    assert "HEALTHCHECK" in keywords and "/healthz" in dict(instructions)["HEALTHCHECK"]
+
+
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """(exclude?, regex) per line, as Docker reads .dockerignore: `*` and `?` stay within one
+    path segment, `**` spans any number, `!` re-includes, and the last matching line wins."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exclude = not line.startswith("!")
+        pattern = os.path.normpath(line.removeprefix("!").lstrip("/"))
+        regex = ""
+        for part in re.split(r"(\*\*/?|\*|\?)", pattern):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                part, re.escape(part)
+            )
+        rules.append((exclude, re.compile(regex)))
+    return rules
+
+
+def _sent_to_docker(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for exclude, regex in rules:
+        # A line that matches a directory matches everything under it.
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            excluded = exclude
+    return not excluded
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_no_key() -> None:
+    rules = _dockerignore_rules()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    sent = {path for path in tracked if _sent_to_docker(path, rules)}
+    assert [p for p in tracked if p.startswith("config/keys/")], "no development key to test with"
+    assert not [p for p in sent if p.startswith(("config/keys/", "tests/")) or p.endswith(".pem")]
+    assert {p for p in sent if p.startswith("config/")} == {
+        "config/routing.production.example.yaml",
+        "config/risk.yaml",
+    }
+    copies = [shlex.split(rest) for kw, rest in _dockerfile() if kw == "COPY"]
+    for source in (s for c in copies if not c[0].startswith("--from") for s in c[:-1]):
+        assert any(p == source or p.startswith(source.rstrip("/") + "/") for p in sent), source
+    # What a working tree holds besides the tracked files never goes either.
+    for local in (
+        "var/master.key",
+        "var/pgdata/PG_VERSION",
+        ".venv/bin/python",
+        "gateway.env",
+        "gateway/__pycache__/app.cpython-311.pyc",
+        "config/keys/bank/new.pem",
+    ):
+        assert not _sent_to_docker(local, rules), local
+
+
+# ---- the production routing example ----------------------------------------------------------
+
+PRODUCTION_ROUTING = ROOT / "config" / "routing.production.example.yaml"
+REAL_HOSTS = {
+    "bank": re.compile(r"https://[a-z0-9.-]+\.example"),  # placeholder: the bank gives its own
+    "wechat": re.compile(r"https://api\.mch\.weixin\.qq\.com"),
+    "alipay": re.compile(r"https://openapi\.alipay\.com"),
+    "unionpay": re.compile(r"https://gateway\.95516\.com"),
+}
+
+
+def _production_env() -> dict[str, str]:
+    names = re.findall(r"\$\{([A-Z0-9_]+)\}", PRODUCTION_ROUTING.read_text())
+    return {name: f"value-of-{name}" for name in names}
+
+
+def test_the_production_example_parses_with_its_variables_set() -> None:
+    loaded = parse_routing(PRODUCTION_ROUTING.read_bytes(), PRODUCTION_ROUTING, _production_env())
+    development = parse_routing(
+        (ROOT / "config" / "routing.yaml").read_bytes(), env={"GATEWAY_PUBLIC_URL": "http://gw"}
+    )
+    assert set(loaded.config.channels) == set(development.config.channels)
+    assert loaded.warnings == ("channels.alipay_legacy: disabled (skipped by every route)",)
+
+
+def test_the_production_example_needs_its_secrets_from_the_environment() -> None:
+    with pytest.raises(RoutingError) as refused:
+        parse_routing(PRODUCTION_ROUTING.read_bytes(), PRODUCTION_ROUTING, {})
+    assert "environment variable WECHAT_MAIN_APIV3_KEY is not set" in str(refused.value)
+    assert "environment variable UNIONPAY_SIGN_KEY_PASSWORD is not set" in str(refused.value)
+
+
+def test_the_production_example_names_real_hosts_and_mounted_key_files_only() -> None:
+    loaded = parse_routing(PRODUCTION_ROUTING.read_bytes(), PRODUCTION_ROUTING, _production_env())
+    for name, channel in loaded.config.channels.items():
+        config = dict(channel.config)
+        assert REAL_HOSTS[channel.adapter].fullmatch(config.pop("base_url")), name
+        files = {k: v for k, v in config.items() if k.endswith(("_path", "_key"))}
+        assert files, name
+        for key, value in files.items():
+            if key in {"apiv3_key"}:
+                assert value == f"value-of-{name.upper()}_APIV3_KEY"
+            else:
+                assert value.startswith(f"/run/secrets/{name}/"), (name, key, value)
+    unionpay = dict(loaded.config.channels["unionpay_main"].config)
+    # Its adapter's defaults name the development set: every one of them is overridden.
+    assert {"sign_key_path", "sign_cert_path", "middle_cert_path", "root_cert_path"} <= set(
+        unionpay
+    )
+    assert "keys/" not in PRODUCTION_ROUTING.read_text().replace("/run/secrets/", "")
