@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,19 +49,27 @@ def lock(tmp_path: Path) -> Path:
     return path
 
 
+@dataclass(slots=True)
+class LocalOsv:
+    """A local OSV `/v1/query` endpoint."""
+
+    url: str
+    advisories: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    """What it answers, by package name (nothing for the others)."""
+    asked: list[str] = field(default_factory=list)
+    """`name==version` of each query it got."""
+
+
 @pytest.fixture
-def osv_api() -> Iterator[tuple[str, dict[str, list[dict[str, object]]], list[str]]]:
-    """A local OSV `/v1/query` endpoint: (its URL, advisories by package name to answer with,
-    the packages it was asked about)."""
-    advisories: dict[str, list[dict[str, object]]] = {}
-    asked: list[str] = []
+def osv_api() -> Iterator[LocalOsv]:
+    osv = LocalOsv(url="")
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             query = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             name = query["package"]["name"]
-            asked.append(f"{name}=={query['version']}")
-            vulns = advisories.get(name)
+            osv.asked.append(f"{name}=={query['version']}")
+            vulns = osv.advisories.get(name)
             body = json.dumps({"vulns": vulns} if vulns else {}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -72,10 +81,11 @@ def osv_api() -> Iterator[tuple[str, dict[str, list[dict[str, object]]], list[st
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    osv.url = f"http://127.0.0.1:{server.server_address[1]}/v1/query"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/query", advisories, asked
+        yield osv
     finally:
         server.shutdown()
         server.server_close()
@@ -100,51 +110,45 @@ def run_audit(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-def test_a_pin_with_a_known_advisory_fails_and_is_printed_with_its_fix(
-    lock: Path, osv_api: tuple[str, dict[str, list[dict[str, object]]], list[str]], tmp_path: Path
-) -> None:
-    url, advisories, asked = osv_api
-    advisories["aiohttp"] = [SMUGGLING]
-    result = run_audit(
-        "--service", "osv", "--osv-url", url, "--cache-dir", str(tmp_path), str(lock)
+def run_osv_audit(
+    url: str, cache: Path, lock: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_audit(
+        "--service", "osv", "--osv-url", url, "--cache-dir", str(cache), *args, str(lock)
     )
+
+
+def test_a_pin_with_a_known_advisory_fails_and_is_printed_with_its_fix(
+    lock: Path, osv_api: LocalOsv, tmp_path: Path
+) -> None:
+    osv_api.advisories["aiohttp"] = [SMUGGLING]
+    result = run_osv_audit(osv_api.url, tmp_path, lock)
     assert result.returncode == 1, result
     assert (
         "audit: FINDING aiohttp==3.12.13: CVE-2025-53643 (GHSA-9548-qrrj-x5pj); fixed in 3.12.14"
         in result.stdout.splitlines()
     )
-    assert sorted(asked) == ["aiohttp==3.12.13", "orjson==3.13.0"]
+    assert sorted(osv_api.asked) == ["aiohttp==3.12.13", "orjson==3.13.0"]
 
 
-def test_a_lock_without_advisories_passes(
-    lock: Path, osv_api: tuple[str, dict[str, list[dict[str, object]]], list[str]], tmp_path: Path
-) -> None:
-    url, _, _ = osv_api
-    result = run_audit(
-        "--service", "osv", "--osv-url", url, "--cache-dir", str(tmp_path), str(lock)
-    )
+def test_a_lock_without_advisories_passes(lock: Path, osv_api: LocalOsv, tmp_path: Path) -> None:
+    result = run_osv_audit(osv_api.url, tmp_path, lock)
     assert result.returncode == 0, result
     assert result.stdout.splitlines() == ["audit: 2 audited, no known advisory"]
     assert result.stderr == ""
 
 
 def test_an_advisory_accepted_on_purpose_does_not_fail(
-    lock: Path, osv_api: tuple[str, dict[str, list[dict[str, object]]], list[str]], tmp_path: Path
+    lock: Path, osv_api: LocalOsv, tmp_path: Path
 ) -> None:
-    url, advisories, _ = osv_api
-    advisories["aiohttp"] = [SMUGGLING]
-    result = run_audit(
-        "--service", "osv", "--osv-url", url, "--cache-dir", str(tmp_path),
-        "--ignore-vuln", "CVE-2025-53643", str(lock),
-    )  # fmt: skip
+    osv_api.advisories["aiohttp"] = [SMUGGLING]
+    result = run_osv_audit(osv_api.url, tmp_path, lock, "--ignore-vuln", "CVE-2025-53643")
     assert result.returncode == 0, result
+    assert result.stdout.splitlines() == ["audit: 2 audited, no known advisory"]
 
 
 def test_an_unreachable_osv_service_warns_without_failing(lock: Path, tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/v1/query"
-    result = run_audit(
-        "--service", "osv", "--osv-url", url, "--cache-dir", str(tmp_path), str(lock)
-    )
+    result = run_osv_audit(f"http://127.0.0.1:{closed_port()}/v1/query", tmp_path, lock)
     assert result.returncode == 0, result
     assert result.stdout == ""
     assert result.stderr.startswith(
@@ -167,10 +171,7 @@ def test_an_unreachable_pypi_service_warns_without_failing(lock: Path, tmp_path:
 def test_a_pin_without_a_hash_fails(tmp_path: Path) -> None:
     lock = tmp_path / "lock.txt"
     lock.write_text(f"aiohttp==3.14.5 \\\n    {HASH}\norjson==3.13.0\n")
-    url = f"http://127.0.0.1:{closed_port()}/v1/query"
-    result = run_audit(
-        "--service", "osv", "--osv-url", url, "--cache-dir", str(tmp_path), str(lock)
-    )
+    result = run_osv_audit(f"http://127.0.0.1:{closed_port()}/v1/query", tmp_path, lock)
     assert result.returncode == 1, result
     assert (
         "audit: ERROR: the lock files cannot be audited: requirement orjson==3.13.0"
