@@ -27,6 +27,8 @@ def explain_text(decision: RouteDecision, loaded: LoadedRouting) -> str:
         out.append("Rules, first match wins:")
         for index, rule in enumerate(config.rules):
             reason = mismatch(rule.when, facts)
+            if reason is None and not config.enabled_channels(rule.route):
+                reason = "passed over, no enabled channel in its route"
             mark = "MATCH" if reason is None else f"no: {reason}"
             out.append(f"  rules[{index}] {rule.name}: {mark}")
             if reason is None:
