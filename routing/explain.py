@@ -7,7 +7,7 @@ from pathlib import Path
 
 from routing.engine import RouteDecision
 from routing.fees import fee_for
-from routing.loader import LoadedRouting, RoutingError, load_routing
+from routing.loader import ChannelCheck, LoadedRouting, RoutingError, load_routing
 from routing.rules import mismatch
 from routing.schema import ChannelConfig, Condition, RouteConfig
 
@@ -74,11 +74,14 @@ def explain_text(decision: RouteDecision, loaded: LoadedRouting) -> str:
     return "\n".join(out) + "\n"
 
 
-def check_text(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Validate a routing file: (valid, report). The report lists every error with its path
-    (and line), or summarises the channels, rules and settings, plus any warnings."""
+def check_text(
+    path: str | Path, env: Mapping[str, str] | None = None, check: ChannelCheck | None = None
+) -> tuple[bool, str]:
+    """Validate a routing file, each channel with `check` too when given (the gateway's checks
+    its adapter settings and key files): (valid, report). The report lists every error with
+    its path (and line), or summarises the channels, rules and settings, plus any warnings."""
     try:
-        loaded = load_routing(path, env)
+        loaded = load_routing(path, env, check)
     except RoutingError as exc:
         count = len(exc.errors)
         out = [f"{path}: INVALID, {count} error{'s' if count != 1 else ''}"]
