@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -17,7 +15,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import logs, metrics
+from gateway import logs
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -28,14 +26,13 @@ from gateway.http_client import channel_session
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
 from gateway.services.callbacks import CallbackDispatcher
-from gateway.services.channels import ChannelRegistry
+from gateway.services.channels import ChannelRegistry, routing_holder
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
 from gateway.store.db import Pool, create_pool, migrate
-from routing.loader import RoutingHolder
 
 log = structlog.get_logger("app")
 
@@ -46,12 +43,6 @@ MAX_BODY = 64 * 1024
 class Endpoints:
     database_url: str
     redis_url: str
-
-
-def routing_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("GATEWAY_PUBLIC_URL", settings.effective_public_url)
-    return env
 
 
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
@@ -90,8 +81,7 @@ def _lifecycle(
         box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
         if box is None:
             log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
-        holder = RoutingHolder(settings.routing_file, env=routing_env(settings))
-        metrics.ROUTING_VERSION.labels(version=holder.current.version).set(1)
+        holder = routing_holder(settings)
         channels = ChannelRegistry(
             holder,
             AdapterContext(http=http, config_dir=str(settings.config_dir)),
@@ -144,7 +134,7 @@ def _lifecycle(
             tasks.append(asyncio.create_task(sync.run(stop), name="status-sync"))
             tasks.append(
                 asyncio.create_task(
-                    _every(settings.routing_poll_s, stop, _reload(channels, risk)), name="routing"
+                    _every(settings.routing_poll_s, stop, _poll(channels, risk)), name="routing"
                 )
             )
             tasks.append(
@@ -152,11 +142,10 @@ def _lifecycle(
                     _every(300, stop, _purge_idempotency(pool)), name="idempotency-purge"
                 )
             )
-            reload_now = _reload(channels, risk)
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 # SIGHUP: re-read the routing and risk files now rather than at the next poll
                 asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_now()))
+                    signal.SIGHUP, _on_sighup, channels, risk
                 )
         log.info(
             "gateway_started",
@@ -179,18 +168,25 @@ def _lifecycle(
     return lifecycle
 
 
-def _reload(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Coroutine[Any, Any, None]]:
+def _poll(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Awaitable[None]]:
+    """The periodic job: re-read the routing and risk files if they changed."""
+
     async def run() -> None:
         risk.reload()
-        before = channels.holder.reload_failures
-        if channels.reload():
-            metrics.ROUTING_VERSION.clear()
-            metrics.ROUTING_VERSION.labels(version=channels.holder.current.version).set(1)
-        if channels.holder.reload_failures > before:
-            metrics.ROUTING_RELOAD_FAILURES.inc()
-            log.error("routing_reload_refused", error=channels.holder.last_error)
+        channels.poll()
 
     return run
+
+
+def _on_sighup(channels: ChannelRegistry, risk: RiskEngine) -> None:
+    """SIGHUP: re-read the routing and risk files now rather than at the next poll (the
+    routing file as an operator's reload: a refused content is validated again)."""
+    logs.bind_job()
+    try:
+        risk.reload()
+        channels.reload()
+    except Exception:  # a signal handler that raises would only print to stderr
+        log.exception("sighup_reload_failed")
 
 
 def _purge_idempotency(pool: Pool) -> Callable[[], Awaitable[None]]:
