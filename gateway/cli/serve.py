@@ -1,5 +1,10 @@
-"""`gateway serve`, `gateway demo` (simulators on, a demo merchant, embedded databases when no
-URLs are set) and `gateway simulators` (the channel simulators alone)."""
+"""`gateway serve [--migrate]`, `gateway demo` (simulators on, a demo merchant, embedded
+databases when no URLs are set, migrations applied) and `gateway simulators` (the channel
+simulators alone).
+
+`serve` applies migrations only when asked (`--migrate` or GATEWAY_MIGRATE_ON_START=true);
+otherwise it refuses to start while the database lacks one (`gateway migrate` applies them).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,13 @@ from gateway.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("serve", help="run the gateway").set_defaults(fn=cmd_serve)
+    run = sub.add_parser("serve", help="run the gateway")
+    run.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply pending migrations first (as GATEWAY_MIGRATE_ON_START=true)",
+    )
+    run.set_defaults(fn=cmd_serve)
     sub.add_parser("demo", help="run with simulators and a demo merchant").set_defaults(fn=cmd_demo)
     sims = sub.add_parser("simulators", help="run the channel simulators standalone")
     sims.add_argument("--host", default="127.0.0.1")
@@ -24,11 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the gateway in this process until it is stopped."""
+    """Run the gateway in this process until it is stopped; exit with a message naming what to
+    change when it cannot start (schema behind, routing file invalid)."""
     from aiohttp import web
 
     from gateway import logs
     from gateway.app import create_app
+    from gateway.risk.loader import RiskError
+    from gateway.store.db import MigrationError
+    from routing.files import RulesFileError
 
     logs.configure(settings.log_level, settings.log_json)
     try:
@@ -39,19 +54,28 @@ def serve(settings: Settings) -> None:
         pass
     endpoints = resolve_endpoints(settings)
     app = create_app(settings, endpoints)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5,
-        reuse_port=settings.reuse_port or None,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=5,
+            reuse_port=settings.reuse_port or None,
+        )
+    except MigrationError as exc:
+        raise SystemExit(f"gateway: {exc}") from None
+    except RulesFileError as exc:
+        path = settings.risk_file if isinstance(exc, RiskError) else settings.routing_file
+        count = len(exc.errors)
+        lines = [f"gateway: cannot start, {path} is invalid ({count} error{'s' * (count != 1)}):"]
+        lines += [f"  {error}" for error in exc.errors]
+        raise SystemExit("\n".join(lines)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve(load_settings())
+    serve(load_settings(**({"migrate_on_start": True} if args.migrate else {})))
     return 0
 
 
@@ -61,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.services import merchants
     from gateway.store.db import Pool
 
-    settings = load_settings(simulators=True)
+    settings = load_settings(simulators=True, migrate_on_start=True)
     box = secret_box(settings)
     merchant_file = settings.var_dir / "demo-merchant.json"
     if not merchant_file.exists():
