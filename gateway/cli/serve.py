@@ -4,6 +4,8 @@ simulators alone).
 
 `serve` applies migrations only when asked (`--migrate` or GATEWAY_MIGRATE_ON_START=true);
 otherwise it refuses to start while the database lacks one (`gateway migrate` applies them).
+With PROMETHEUS_MULTIPROC_DIR set, it prepares that directory before any metric exists
+(`gateway.metrics_multiprocess`), so that /metrics of one process covers every process.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def serve(settings: Settings) -> None:
     """Run the gateway in this process until it is stopped; exit with a message naming what to
     change when it cannot start (schema behind, routing file invalid)."""
+    from gateway import metrics_multiprocess
+
+    metrics_multiprocess.prepare()  # before the app (and so the metrics) is imported
     from aiohttp import web
 
     from gateway import logs

@@ -139,6 +139,7 @@ class ChannelRegistry:
         self._pending_successes: dict[str, int] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._shown_version: str | None = None
         self._install(self._build_changed(holder.current))
         self._show_version()
 
@@ -236,8 +237,14 @@ class ChannelRegistry:
             log.warning("adapter_close_failed", adapter=type(adapter).__name__, error=repr(exc))
 
     def _show_version(self) -> None:
-        metrics.ROUTING_VERSION.clear()
-        metrics.ROUTING_VERSION.labels(version=self.holder.current.version).set(1)
+        """gateway_routing_info: 1 for the version in force. The one it replaces goes to 0
+        first: in multiprocess mode its value stays in this process's file after `remove`."""
+        version = self.holder.current.version
+        if self._shown_version is not None and self._shown_version != version:
+            metrics.ROUTING_VERSION.labels(version=self._shown_version).set(0)
+            metrics.ROUTING_VERSION.remove(self._shown_version)
+        metrics.ROUTING_VERSION.labels(version=version).set(1)
+        self._shown_version = version
 
     def adapter(self, channel: str) -> ChannelAdapter | None:
         return self._adapters.get(channel)
