@@ -1,5 +1,9 @@
 """Settings from `GATEWAY_*` environment variables (and an optional `gateway.env` file),
-API.md §4."""
+API.md §4.
+
+One more variable is read from the environment only, not from here: PROMETHEUS_MULTIPROC_DIR,
+which puts the metrics of every gateway process on the host into one scrape
+(`gateway.metrics_multiprocess`); prometheus_client itself reads it when first imported."""
 
 from __future__ import annotations
 

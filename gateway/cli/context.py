@@ -28,16 +28,20 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
-    """The database and Redis URLs, starting the embedded servers for the ones not set."""
+    """The database and Redis URLs, starting the embedded servers for the ones not set (or
+    exit naming what to install or set)."""
     from gateway.app import Endpoints
 
     database_url, redis_url = settings.database_url, settings.redis_url
     if database_url is None or redis_url is None:
-        from gateway.embedded import start_embedded
+        from gateway.embedded import EmbeddedError, start_embedded
 
-        embedded = start_embedded(
-            settings.var_dir, postgres=database_url is None, redis=redis_url is None
-        )
+        try:
+            embedded = start_embedded(
+                settings.var_dir, postgres=database_url is None, redis=redis_url is None
+            )
+        except EmbeddedError as exc:  # its message names the remedy
+            raise SystemExit(f"gateway: {exc}") from None
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
         print(f"gateway: embedded services under {settings.var_dir}/", file=sys.stderr)
