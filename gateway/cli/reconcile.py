@@ -17,7 +17,9 @@ from gateway.reconcile.matching import Outcome
 
 if TYPE_CHECKING:
     from gateway.reconcile.service import Progress
+    from gateway.settings import Settings
     from gateway.store.db import Pool
+    from routing.loader import LoadedRouting
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,22 +46,28 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _routing(settings: Settings) -> LoadedRouting:
+    """The routing file as the gateway would load it, or exit 2 with its errors."""
+    from gateway.services.channels import load_routing_file
+    from routing.loader import RoutingError
+
+    try:
+        return load_routing_file(settings)
+    except RoutingError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
     import aiohttp
 
     from adapters.base import AdapterContext
     from adapters.registry import AdapterConfigError, build_adapter
     from gateway.reconcile import service
-    from gateway.services.channels import adapter_config, load_routing_file
-    from routing.loader import RoutingError
+    from gateway.services.channels import adapter_config
 
     settings = load_settings()
-    try:
-        routing = load_routing_file(settings)
-    except RoutingError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    channels = routing.config.channels
+    channels = _routing(settings).config.channels
     channel = channels.get(args.channel)
     if channel is None:
         print(
@@ -116,15 +124,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_settlement(args: argparse.Namespace) -> int:
     from gateway.reconcile import service
-    from gateway.services.channels import load_routing_file
-    from routing.loader import RoutingError
 
     settings = load_settings()
-    try:
-        routing = load_routing_file(settings)
-    except RoutingError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
+    routing = _routing(settings)
 
     async def job(pool: Pool) -> dict[str, Any]:
         return await service.settlement_summary(pool, args.date, routing)

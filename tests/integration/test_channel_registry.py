@@ -22,6 +22,7 @@ from gateway.services import channels as channels_module
 from gateway.services.channels import ChannelRegistry, channel_check
 from routing.health import SuccessStats
 from routing.loader import RoutingError, RoutingHolder
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -159,20 +160,27 @@ async def test_an_operators_reload_retries_a_refused_file(
     assert registry.adapter("bank_new") is not None
 
 
-async def test_a_replaced_adapter_is_closed_once_its_calls_are_over(
-    registry: ChannelRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    closed: list[ChannelAdapter] = []
-    first = registry.adapter("bank_a")
-    assert first is not None
-    real = type(first).aclose
+@pytest.fixture
+def closed(registry: ChannelRegistry, monkeypatch: pytest.MonkeyPatch) -> list[ChannelAdapter]:
+    """Every bank adapter closed during the test, in order."""
+    found: list[ChannelAdapter] = []
+    adapter = registry.adapter("bank_a")
+    assert adapter is not None
+    real = type(adapter).aclose
 
     async def recording(self: ChannelAdapter) -> None:
-        closed.append(self)
+        found.append(self)
         await real(self)
 
-    monkeypatch.setattr(type(first), "aclose", recording)
-    monkeypatch.setattr(channels_module, "RETIRED_ADAPTER_MARGIN_S", 0.3)
+    monkeypatch.setattr(type(adapter), "aclose", recording)
+    return found
+
+
+async def test_a_replaced_adapter_is_closed_once_its_calls_are_over(
+    registry: ChannelRegistry, closed: list[ChannelAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(channels_module, "RETIRED_ADAPTER_MARGIN_S", 1.0)
+    first = registry.adapter("bank_a")
     path = registry.holder.path
     fast = ROUTING.replace("adapter: bank\n", "adapter: bank\n    timeout_ms: 100\n", 1)
     path.write_text(fast)  # a new per-call budget is a new adapter configuration
@@ -183,29 +191,23 @@ async def test_a_replaced_adapter_is_closed_once_its_calls_are_over(
     assert registry.poll() is True
     last = registry.adapter("bank_a")
     assert last is not None and last is not quick
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
     assert closed == []  # a call that took `quick` just before the swap may still be running
-    for _ in range(40):
-        if closed:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: _nonempty(closed), within=5)
     # `quick` after its budget and the margin; `first` (a 10 s budget) is still waiting
     assert closed == [quick]
     await registry.aclose()
     assert closed == [quick, first, last]
 
 
+async def _nonempty(items: list[ChannelAdapter]) -> bool:
+    return bool(items)
+
+
 async def test_closing_the_registry_closes_retired_adapters_at_once(
-    registry: ChannelRegistry, monkeypatch: pytest.MonkeyPatch
+    registry: ChannelRegistry, closed: list[ChannelAdapter]
 ) -> None:
-    closed: list[ChannelAdapter] = []
     old = registry.adapter("bank_a")
-    assert old is not None
-
-    async def recording(self: ChannelAdapter) -> None:
-        closed.append(self)
-
-    monkeypatch.setattr(type(old), "aclose", recording)
     registry.holder.path.write_text(ROUTING.replace("M1", "M9"))
     assert registry.poll() is True
     assert closed == []  # retired, waiting for its calls (10 s budget + margin)
