@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from adapters.base import AdapterContext, ChannelAdapter
-from gateway import metrics
 from gateway.channel_health import ChannelHealthStore
 from gateway.services import channels as channels_module
 from gateway.services.channels import ChannelRegistry, channel_check
@@ -106,7 +106,7 @@ async def registry(
 
 
 def failures() -> float:
-    return metrics.ROUTING_RELOAD_FAILURES._value.get()
+    return REGISTRY.get_sample_value("gateway_routing_reload_failures_total") or 0.0
 
 
 # ---- the configuration pipeline -------------------------------------------------------------
