@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from adapters.alipay import bill
 from adapters.alipay import protocol as p
-from adapters.chinatime import CHINA_TZ, china_date
+from adapters.chinatime import CHINA_TZ, china_date, china_midnight
 from adapters.kernel.crypto import load_private_key, load_public_key
 from adapters.money import fen_to_yuan, yuan_to_fen
 from adapters.simkit import (
@@ -168,8 +168,7 @@ def _expiry(biz: Mapping[str, Any], created: datetime) -> datetime:
     if unit == "d":
         return created + timedelta(days=count)
     if unit == "c":
-        day = created.astimezone(CHINA_TZ).date()
-        return datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ) + timedelta(days=1)
+        return china_midnight(china_date(created)) + timedelta(days=1)
     raise ValueError(f"bad timeout_express {express!r}")
 
 
@@ -691,7 +690,7 @@ class AlipaySimulator:
                 )
                 refunds += 1
         for extra in faults.extra:
-            moment = datetime(day.year, day.month, day.day, 12, tzinfo=CHINA_TZ)
+            moment = china_midnight(day) + timedelta(hours=12)
             amount = int(extra["amount"])
             rows.append(
                 self._bill_row(

@@ -141,9 +141,11 @@ def load_keys(config: UnionPayConfig, config_dir: str) -> UnionPayKeys:
         raise ConfigFieldError("sign_cert_path", "does not match sign_key_path")
     middle = certificates_file(config_dir, "middle_cert_path", config.middle_cert_path)[0]
     root = certificates_file(config_dir, "root_cert_path", config.root_cert_path)[0]
+    if root.issuer != root.subject:
+        raise ConfigFieldError("root_cert_path", "not a root (self-issued) certificate")
     try:
         verifier = p.CertificateVerifier(root, middle, validate_cn=config.validate_cn_name)
-    except ValueError as exc:
+    except ValueError as exc:  # the middle is not a CA issued by this root
         raise ConfigFieldError("middle_cert_path", str(exc)) from None
     return UnionPayKeys(key, cert, verifier)
 

@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from adapters import simkit
-from adapters.chinatime import CHINA_TZ, china_date
+from adapters.chinatime import china_date, china_midnight
 from adapters.kernel.crypto import certificate_key, load_certificates, load_private_key, rsa_verify
 from adapters.money import fen_to_yuan
 from adapters.simkit import FaultAction, SimOrder, SimRefund, SimulatorCore, SimulatorSettings
@@ -655,7 +655,7 @@ class WechatSimulator:
                         )
                     )
         if payments:
-            moment = datetime.combine(day, datetime.min.time(), CHINA_TZ) + timedelta(hours=12)
+            moment = china_midnight(day) + timedelta(hours=12)
             for extra in faults.extra:
                 lines.append(
                     writer.payment(
