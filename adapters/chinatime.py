@@ -23,3 +23,20 @@ def china_date(moment: datetime) -> date:
 def china_midnight(day: date) -> datetime:
     """The first moment of a China calendar day."""
     return datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ)
+
+
+def to_rfc3339(moment: datetime) -> str:
+    """An aware moment as RFC 3339 in China time, to the second: `2024-05-01T12:00:00+08:00`
+    (how the bank and WeChat Pay write times). Raises ValueError for a naive one."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime")
+    return moment.astimezone(CHINA_TZ).replace(microsecond=0).isoformat()
+
+
+def from_rfc3339(text: str) -> datetime:
+    """An RFC 3339 time as an aware datetime, in the offset it carries. Raises ValueError,
+    also for a time without an offset (whose moment nobody could tell)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without an offset: {text!r}")
+    return moment

@@ -30,12 +30,10 @@ from __future__ import annotations
 import codecs
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import IO, Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import Field
 
 from adapters.alipay import bill
@@ -57,7 +55,7 @@ from adapters.base import (
 )
 from adapters.kernel import transport
 from adapters.kernel.calls import Answer, Busy, Call, Exchanged, Kernel, RetryPolicy
-from adapters.kernel.config import ChannelConfig, private_key_file, public_key_file
+from adapters.kernel.config import ChannelConfig, SigningKeys, signing_keys
 from adapters.kernel.transport import AttemptFailed, Failure
 from adapters.money import fen_to_yuan
 
@@ -85,19 +83,12 @@ class AlipayConfig(ChannelConfig):
 CONFIG_MODEL = AlipayConfig
 
 
-@dataclass(frozen=True, slots=True)
-class AlipayKeys:
-    app_key: rsa.RSAPrivateKey
-    alipay_key: rsa.RSAPublicKey
-
-
-def load_keys(config: AlipayConfig, config_dir: str) -> AlipayKeys:
-    """Read the key files the config names. Raises ConfigFieldError."""
-    return AlipayKeys(
-        app_key=private_key_file(config_dir, "app_private_key_path", config.app_private_key_path),
-        alipay_key=public_key_file(
-            config_dir, "alipay_public_key_path", config.alipay_public_key_path
-        ),
+def load_keys(config: AlipayConfig, config_dir: str) -> SigningKeys:
+    """The application's private key and Alipay's public key. Raises ConfigFieldError."""
+    return signing_keys(
+        config_dir,
+        ("app_private_key_path", config.app_private_key_path),
+        ("alipay_public_key_path", config.alipay_public_key_path),
     )
 
 
@@ -105,14 +96,14 @@ class AlipayAdapter(ChannelAdapter):
     adapter = "alipay"
 
     def __init__(
-        self, name: str, config: AlipayConfig, ctx: AdapterContext, keys: AlipayKeys
+        self, name: str, config: AlipayConfig, ctx: AdapterContext, keys: SigningKeys
     ) -> None:
         super().__init__(name)
         self.config = config
         self._http = ctx.http
         self._gateway = config.base_url + p.GATEWAY_PATH
-        self._app_key = keys.app_key
-        self._alipay_key = keys.alipay_key
+        self._app_key = keys.own
+        self._alipay_key = keys.channel
         self._kernel = Kernel(name, p.RULES, RetryPolicy.of(config))
 
     # ---- transport ----------------------------------------------------------------------
@@ -135,9 +126,7 @@ class AlipayAdapter(ChannelAdapter):
                 max_bytes=_MAX_ANSWER_BYTES,
             )
             if reply.status != 200:
-                raise AttemptFailed(
-                    self._kernel.status_failure(reply.status), f"HTTP {reply.status}"
-                )
+                raise self._kernel.unsigned(reply.status)
             try:
                 envelope = p.extract_response(reply.body.decode("utf-8"), api.value)
             except (UnicodeDecodeError, ValueError) as exc:

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 
 import orjson
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import Field, ValidationError
 from yarl import URL
 
@@ -54,7 +53,7 @@ from adapters.base import (
 )
 from adapters.kernel import transport
 from adapters.kernel.calls import Answer, Busy, Call, Kernel, RetryPolicy
-from adapters.kernel.config import ChannelConfig, private_key_file, public_key_file
+from adapters.kernel.config import ChannelConfig, SigningKeys, signing_keys
 from adapters.kernel.transport import AttemptFailed, Failure, header
 
 log = structlog.get_logger("adapters.bank")
@@ -85,19 +84,12 @@ class BankConfig(ChannelConfig):
 CONFIG_MODEL = BankConfig
 
 
-@dataclass(frozen=True, slots=True)
-class BankKeys:
-    merchant_key: rsa.RSAPrivateKey
-    bank_key: rsa.RSAPublicKey
-
-
-def load_keys(config: BankConfig, config_dir: str) -> BankKeys:
-    """Read the key files the config names. Raises ConfigFieldError."""
-    return BankKeys(
-        merchant_key=private_key_file(
-            config_dir, "merchant_private_key", config.merchant_private_key
-        ),
-        bank_key=public_key_file(config_dir, "bank_public_key", config.bank_public_key),
+def load_keys(config: BankConfig, config_dir: str) -> SigningKeys:
+    """The merchant's private key and the bank's public key. Raises ConfigFieldError."""
+    return signing_keys(
+        config_dir,
+        ("merchant_private_key", config.merchant_private_key),
+        ("bank_public_key", config.bank_public_key),
     )
 
 
@@ -118,12 +110,14 @@ class _Statement:
 class BankAdapter(ChannelAdapter):
     adapter = "bank"
 
-    def __init__(self, name: str, config: BankConfig, ctx: AdapterContext, keys: BankKeys) -> None:
+    def __init__(
+        self, name: str, config: BankConfig, ctx: AdapterContext, keys: SigningKeys
+    ) -> None:
         super().__init__(name)
         self._config = config
         self._http = ctx.http
-        self._merchant_key = keys.merchant_key
-        self._bank_key = keys.bank_key
+        self._merchant_key = keys.own
+        self._bank_key = keys.channel
         parts = urlsplit(config.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
@@ -236,10 +230,8 @@ class BankAdapter(ChannelAdapter):
         signature = header(headers, p.HEADER_SIGNATURE)
         timestamp = header(headers, p.HEADER_TIMESTAMP)
         if not signature or not timestamp:
-            failure = self._kernel.status_failure(status)
-            if failure is Failure.BAD_SIGNATURE:
-                log.warning("bank_response_unsigned", channel=self.name, path=path_qs)
-            raise AttemptFailed(failure, f"HTTP {status} without the bank's signature")
+            log.warning("bank_response_unsigned", channel=self.name, path=path_qs, status=status)
+            raise self._kernel.unsigned(status)
         message = p.response_message(status, path_qs, timestamp, nonce, body)
         if header(headers, p.HEADER_NONCE) != nonce or not p.verify(
             self._bank_key, message, signature
@@ -413,10 +405,7 @@ class BankAdapter(ChannelAdapter):
                         verifier.update(chunk)
                         spool.write(chunk)
                 if not signature or not timestamp:
-                    raise AttemptFailed(
-                        self._kernel.status_failure(status),
-                        f"HTTP {status} without the bank's signature",
-                    )
+                    raise self._kernel.unsigned(status)
                 if echoed != nonce or not verifier.verify(self._bank_key, signature):
                     log.warning("bank_statement_signature_invalid", channel=self.name, path=path_qs)
                     raise ResponseVerificationError("the statement's signature did not verify")

@@ -113,7 +113,11 @@ from adapters.base import (
     StatementKind,
     StatementLine,
 )
-from adapters.chinatime import CHINA_TZ, china_date
+
+# CHINA_TZ is imported "as" itself, re-exported: the flow suite (tests/integration/adapters)
+# reads it through this module.
+from adapters.chinatime import CHINA_TZ as CHINA_TZ
+from adapters.chinatime import china_date, from_rfc3339, to_rfc3339
 from adapters.kernel.calls import Call, ChannelRules
 from adapters.kernel.crypto import rsa_sign, rsa_verify, rsa_verify_digest
 from adapters.kernel.transport import Failure
@@ -347,19 +351,13 @@ def card_decision(card_number: str) -> str:
 # ---- times and amounts --------------------------------------------------------------------
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in the bank's local time, to the second."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime")
-    return moment.astimezone(CHINA_TZ).replace(microsecond=0).isoformat()
+format_time = to_rfc3339
+"""RFC 3339 in the bank's local time (UTC+8), to the second."""
 
 
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time with an offset, as an aware datetime in UTC."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"time without an offset: {text!r}")
-    return moment.astimezone(UTC)
+    return from_rfc3339(text).astimezone(UTC)
 
 
 def china_day(moment: datetime) -> str:

@@ -198,6 +198,14 @@ class Kernel:
         """What an HTTP answer without this channel's signature establishes."""
         return status_failure(status, errors_before_processing=self.rules.errors_before_processing)
 
+    def unsigned(self, status: int, code: str | None = None) -> AttemptFailed:
+        """The failure to raise for an answer that does not carry this channel's signature
+        (or not the status its protocol answers with), judged by its status; `code` is the
+        channel's code for it when its body tells one."""
+        return AttemptFailed(
+            self.status_failure(status), f"HTTP {status} not from the channel", code=code
+        )
+
     async def exchange(
         self, call: Call, attempt: Attempt[T], *, budget_s: float | None = None
     ) -> Exchanged[T]:

@@ -13,14 +13,15 @@ directory. A file that cannot be used raises `ConfigFieldError`, whose message i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapters.base import check_base_url
 from adapters.kernel import crypto
 
 MAX_ATTEMPTS_LIMIT = 5
@@ -63,7 +64,13 @@ class ChannelConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        return check_base_url(value)
+        """An absolute http(s) URL without query or fragment, kept without a trailing slash."""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("base_url must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not carry a query or a fragment")
+        return value.rstrip("/")
 
 
 class ConfigFieldError(ValueError):
@@ -115,6 +122,22 @@ def certificates_file(config_dir: str, field: str, path: str) -> list[x509.Certi
     """The certificates (at least one) in the PEM file a config field names. Raises
     ConfigFieldError."""
     return _loaded(field, crypto.load_certificates, read_file(config_dir, field, path))
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    """Our RSA private key, which signs requests, and the channel's RSA public key, which
+    verifies its answers and notifications (the bank's and Alipay's key pairs)."""
+
+    own: rsa.RSAPrivateKey
+    channel: rsa.RSAPublicKey
+
+
+def signing_keys(config_dir: str, own: tuple[str, str], channel: tuple[str, str]) -> SigningKeys:
+    """The two key files named by ``(field, path)`` pairs. Raises ConfigFieldError."""
+    return SigningKeys(
+        own=private_key_file(config_dir, *own), channel=public_key_file(config_dir, *channel)
+    )
 
 
 def _loaded(field: str, load: Callable[[bytes], _T], data: bytes) -> _T:

@@ -134,3 +134,22 @@ def same_key(private: rsa.RSAPrivateKey, public: rsa.RSAPublicKey) -> bool:
     """Whether `public` is the public half of `private` (a certificate configured with the
     wrong key would have every request refused)."""
     return private.public_key().public_numbers() == public.public_numbers()
+
+
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    """A fresh RSA-2048 key (development keys and tests)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
+
+
+def private_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """Unencrypted PKCS#8 PEM ("BEGIN PRIVATE KEY"), what every channel's SDK reads."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def public_pem(key: rsa.RSAPublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM ("BEGIN PUBLIC KEY")."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

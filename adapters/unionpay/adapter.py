@@ -363,16 +363,9 @@ class UnionPayAdapter(ChannelAdapter):
         except (UnicodeDecodeError, ValueError) as exc:
             log.warning("unionpay_notification_malformed", channel=self.name, error=str(exc))
             raise NotificationRejected(f"not a UTF-8 form: {exc}") from exc
-        try:
-            self._verifier.verify_message(fields)
-        except p.SignatureError as exc:
-            log.warning(
-                "unionpay_notification_rejected",
-                channel=self.name,
-                order_id=fields.get("orderId"),
-                reason=str(exc),
-            )
-            raise NotificationRejected(f"signature: {exc}") from exc
+        problem = self._signature_problem(fields, "unionpay_notification_rejected")
+        if problem is not None:
+            raise NotificationRejected(f"signature: {problem}")
         if fields.get("merId") != self.mer_id:
             log.warning("unionpay_notification_other_merchant", channel=self.name)
             raise NotificationRejected("the notification is for another merchant")
@@ -456,24 +449,14 @@ class UnionPayAdapter(ChannelAdapter):
                 max_bytes=max_bytes,
             )
             if reply.status != 200:
-                raise AttemptFailed(
-                    self._kernel.status_failure(reply.status), f"HTTP {reply.status}"
-                )
+                raise self._kernel.unsigned(reply.status)
             try:
                 answer = p.parse_message(reply.body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
                 raise AttemptFailed(Failure.BAD_ANSWER, "unparsable answer") from None
-            try:
-                self._verifier.verify_message(answer)
-            except p.SignatureError as exc:
-                log.warning(
-                    "unionpay_response_signature_invalid",
-                    channel=self.name,
-                    url=url,
-                    order_id=answer.get("orderId"),
-                    reason=str(exc),
-                )
-                raise AttemptFailed(Failure.BAD_SIGNATURE, str(exc)) from None
+            problem = self._signature_problem(answer, "unionpay_response_signature_invalid")
+            if problem is not None:
+                raise AttemptFailed(Failure.BAD_SIGNATURE, problem)
             self._check(answer, order_id)
             if answer.get("respCode") in p.BUSY_CODES:
                 return Busy(answer)
@@ -492,6 +475,15 @@ class UnionPayAdapter(ChannelAdapter):
     ) -> ChannelResult:
         exchanged = await self._exchange(call, path, fields, order_id=order_id)
         return self._kernel.result(call, exchanged, read)
+
+    def _signature_problem(self, fields: Mapping[str, str], event: str) -> str | None:
+        """Why a message signed by UnionPay does not verify (logged as `event`), or None."""
+        try:
+            self._verifier.verify_message(fields)
+        except p.SignatureError as exc:
+            log.warning(event, channel=self.name, order_id=fields.get("orderId"), reason=str(exc))
+            return str(exc)
+        return None
 
     def _check(self, answer: Mapping[str, str], order_id: str | None) -> None:
         if order_id is not None and answer.get("orderId", order_id) != order_id:

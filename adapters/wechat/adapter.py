@@ -243,11 +243,7 @@ class WechatAdapter(ChannelAdapter):
                 call=call.value,
                 status=reply.status,
             )
-            raise AttemptFailed(
-                self._kernel.status_failure(reply.status),
-                f"unsigned HTTP {reply.status}",
-                code=code if code in p.ERROR_TABLE else None,
-            )
+            raise self._kernel.unsigned(reply.status, code if code in p.ERROR_TABLE else None)
         data: Any = None
         if reply.body:
             try:

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from adapters.chinatime import CHINA_TZ
+from adapters.chinatime import from_rfc3339, to_rfc3339
 from adapters.kernel.crypto import rsa_sign, rsa_verify
 from adapters.kernel.transport import header
 
@@ -68,19 +68,10 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in China time, as WeChat writes times: `2018-06-08T10:34:56+08:00`."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime")
-    return moment.astimezone(CHINA_TZ).replace(microsecond=0).isoformat()
-
-
-def parse_time(text: str) -> datetime:
-    """`2018-06-08T10:34:56+08:00` -> an aware datetime. Raises ValueError."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"time without offset: {text!r}")
-    return moment
+format_time = to_rfc3339
+"""RFC 3339 in China time, as WeChat writes times: `2018-06-08T10:34:56+08:00`."""
+parse_time = from_rfc3339
+"""`2018-06-08T10:34:56+08:00` -> an aware datetime. Raises ValueError."""
 
 
 def serial_hex(serial_number: int) -> str:
