@@ -9,10 +9,12 @@ channel:
 - the deadline: one budget for the call; every attempt gets what is left (or, when the channel
   config sets ``attempt_timeout_ms`` and another attempt may follow, at most that);
 - the retries (tenacity: exponential backoff with full jitter, ``max_attempts``, never a wait
-  past the deadline): a failure that cannot have reached the channel is tried again; one that
-  may have (a timeout, a dropped connection, a 5xx) only for a call the channel declares safe to
-  repeat (`ChannelRules.repeatable`); a busy answer on such a call other than a create (a
-  create fails over at once instead: another channel may take the payment now);
+  past the deadline): a failure that cannot have reached the channel and may go differently
+  next time (a refused connection, a 429) is tried again; one that may have reached it (a
+  timeout, a dropped connection, an unsigned 5xx) only for a call the channel declares safe to
+  repeat (`ChannelRules.repeatable`); a busy answer on such a call, unless it is a create (a
+  create fails over at once instead: another channel may take the payment now); a bad
+  signature or a bad answer never (it would not change);
 - whether the channel may have acted, over all the attempts of the call;
 - THE rule (`Kernel.settle`): when the channel may have acted during any attempt of a call that
   creates something (a payment, a refund), the result is UNKNOWN, to be queried later, never
@@ -87,8 +89,8 @@ class ChannelRules:
     failure_codes: Mapping[Failure, str]
     """The channel_code a result carries for each failure (every Failure has one)."""
     errors_before_processing: bool = False
-    """The channel's protocol answers everything that reached its logic with HTTP 200, so an
-    unsigned 5xx comes from before it (see `transport.status_failure`)."""
+    """True when the channel's protocol answers everything that reached its logic with HTTP
+    200, so that an unsigned 5xx comes from in front of it (`transport.status_failure`)."""
 
     def __post_init__(self) -> None:
         missing = set(Failure) - set(self.failure_codes)
@@ -130,6 +132,7 @@ class Exchanged(Generic[T]):
     may_have_acted: bool
     """Whether any attempt may have reached the channel and acted."""
     attempts: int
+    """How many attempts were made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +290,7 @@ class Kernel:
         """The ChannelResult of a call: the answer through the channel's `read` (its results
         table), or the failure; THE rule applied to either."""
         if exchanged.failure is not None:
-            return self.failure_result(call, exchanged.failure, exchanged.may_have_acted)
+            return self.failure_result(call, exchanged)
         assert exchanged.answer is not None
         return self.settle(call, read(exchanged.answer), exchanged.may_have_acted)
 
@@ -297,21 +300,19 @@ class Kernel:
         """`exchange` then `result`."""
         return self.result(call, await self.exchange(call, attempt), read)
 
-    def failure_result(
-        self, call: Call, failure: AttemptFailed, may_have_acted: bool
-    ) -> ChannelResult:
+    def failure_result(self, call: Call, exchanged: Exchanged[T]) -> ChannelResult:
         """A call that got no answer to go by: UNKNOWN when the channel may have acted; else
         (nothing happened there) a create fails over, a refund or close may be sent again, and a
-        query could not tell."""
-        code = self.failure_code(failure)
+        query could not tell. `raw` says how the last attempt failed and after how many."""
+        failure = exchanged.failure
+        assert failure is not None
         outcome, decision = Outcome.UNKNOWN, Decision.RETRY
-        if not may_have_acted and call is Call.CREATE:
+        if not exchanged.may_have_acted and call is Call.CREATE:
             outcome, decision = Outcome.SYSTEM_ERROR, Decision.FAILOVER
-        elif not may_have_acted and call.changes:
+        elif not exchanged.may_have_acted and call.changes:
             outcome = Outcome.SYSTEM_ERROR
-        return ChannelResult(
-            outcome, decision, code, failure.detail, raw={"failure": failure.failure.value}
-        )
+        raw = {"failure": failure.failure.value, "attempts": exchanged.attempts}
+        return ChannelResult(outcome, decision, self.failure_code(failure), failure.detail, raw=raw)
 
     @staticmethod
     def settle(call: Call, result: ChannelResult, may_have_acted: bool) -> ChannelResult:

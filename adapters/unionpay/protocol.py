@@ -38,6 +38,8 @@ and not with LF ones, which is why the simulator sends CRLF.
 Times (``txnTime`` YYYYMMDDhhmmss, ``traceTime`` MMDDhhmmss, ``settleDate`` MMDD) are China
 time (UTC+8). Amounts (``txnAmt``) are integers of fen.
 
+The reconciliation file's format is in `adapters.unionpay.statement`.
+
 Response codes (respCode, and origRespCode in queries): 00 success (A6 partial success);
 03 / 04 / 05 still processing or unknown: query again; 34 no such transaction; the others are
 errors, mapped in `ERROR_TABLE`.

@@ -131,6 +131,7 @@ def test_connection_refused_on_every_attempt_fails_over() -> None:
         Decision.FAILOVER,
         "NOT_SENT",
     )
+    assert result.raw == {"failure": "not_sent", "attempts": 3}
 
 
 @pytest.mark.parametrize(
