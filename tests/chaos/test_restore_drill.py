@@ -19,19 +19,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from yarl import URL
 
-from gateway.domain.states import EVENT_TYPES
 from tests.chaos import harness
-from tests.chaos.load import LoadDriver, Receiver
-from tests.chaos.scenario import Profile
-from tests.support import MerchantClient, free_port
+from tests.chaos.load import Receiver
+from tests.chaos.scenario import Profile, scenario
+from tests.support import MerchantClient
 
 BACKUP_DIR = harness.ROOT / "deploy" / "backup"
 SHORT = Profile("short", journeys=40, concurrency=8, settle="close")
@@ -99,7 +99,7 @@ async def open_deliveries(database_url: str) -> int:
         await conn.close()
 
 
-async def run(argv: list[str], env: dict[str, str] | None = None) -> str:
+async def command(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run a command to its end; its standard output."""
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=harness.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -130,115 +130,91 @@ async def start_receiver(receiver: Receiver, port: int) -> web.AppRunner:
 
 @pytest.mark.parametrize("profile", PROFILES)
 async def test_restore_drill(profile: Profile, tmp_path: Path) -> None:
-    workdir = harness.RESULTS_DIR / "logs" / f"restore-drill-{profile.name}"
-    cluster = harness.Cluster(
-        workdir,
-        external_simulators=True,  # the channels outlive the gateway, as real ones do
-        env_overrides={"GATEWAY_WEBHOOK_RETRY_SCHEDULE": RETRY_SCHEDULE},
-    )
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-    receiver_port = free_port()  # nothing listens there until after the restore
-    receiver_url = f"http://127.0.0.1:{receiver_port}"
-    runner: web.AppRunner | None = None
-    figures: dict[str, Any] = {"journeys": profile.journeys}
-    try:
-        await cluster.start(1, http)
+    env = {"GATEWAY_WEBHOOK_RETRY_SCHEDULE": RETRY_SCHEDULE}
+    # external simulators: the channels outlive the gateway, as real ones do
+    async with scenario("restore-drill", profile, external_simulators=True, env=env) as drill:
+        cluster, http, receiver = drill.cluster, drill.http, drill.receiver
         gw = cluster.gateways[0]
-        assert cluster.creds is not None and cluster.creds.webhook_secret is not None
+        assert cluster.creds is not None
         client = MerchantClient(gw.url, cluster.creds, http)
-        reply = await client.request(
-            "POST",
-            "/v1/webhook-endpoints",
-            {"url": f"{receiver_url}/endpoint", "events": sorted(EVENT_TYPES)},
-        )
-        assert reply.status == 201, reply.body
+        # the merchant's receiver is down until after the restore: every callback fails
+        await receiver.stop()
+        receiver_port = URL(receiver.url).port
+        assert receiver_port is not None
+        runner: web.AppRunner | None = None
+        try:
+            # -- the day's business ------------------------------------------------------
+            drill.driver.expires_in = EXPIRES_IN
+            await drill.driver.run(profile.journeys, profile.concurrency)
+            await quiet(cluster.database_url, within=60)
+            before = await snapshot(cluster.database_url)
 
-        # -- the day's business, with the merchant's receiver down ------------------------
-        driver = LoadDriver(
-            http,
-            cluster.creds,
-            cluster.targets,
-            f"{receiver_url}/notify",
-            tag=f"drill-{cluster.redis_prefix.split(':')[2]}",
-            expires_in=EXPIRES_IN,
-        )
-        await driver.run(profile.journeys, profile.concurrency)
-        await quiet(cluster.database_url, within=60)
-        before = await snapshot(cluster.database_url)
+            # -- backup while the gateway runs, then the disaster ------------------------
+            started = time.monotonic()
+            backup = ["sh", str(BACKUP_DIR / "backup.sh"), "--dir", str(tmp_path)]
+            dump = Path((await command([*backup, cluster.database_url])).strip())
+            drill.figures["dump_s"] = round(time.monotonic() - started, 2)
+            drill.figures["dump_bytes"] = len(await asyncio.to_thread(dump.read_bytes))
+            # the business was quiet across the dump (only delivery attempts moved), so the
+            # snapshot is what the archive holds
+            assert await snapshot(cluster.database_url) == before
+            gw.stop()
+            await recreate_empty(cluster.db_name)
+            assert await snapshot_tables(cluster.database_url) == 0
 
-        # -- backup while the gateway runs, then the disaster ----------------------------
-        started = time.monotonic()
-        backup = ["sh", str(BACKUP_DIR / "backup.sh"), "--dir", str(tmp_path)]
-        dump = Path((await run([*backup, cluster.database_url])).strip())
-        figures["dump_s"] = round(time.monotonic() - started, 2)
-        figures["dump_bytes"] = len(await asyncio.to_thread(dump.read_bytes))
-        after_dump = await snapshot(cluster.database_url)
-        # the business was quiet across the dump (only delivery attempts moved), so the
-        # snapshot is what the archive holds
-        assert after_dump == before
-        gw.stop()
-        await recreate_empty(cluster.db_name)
-        assert (await snapshot_tables(cluster.database_url)) == 0
+            # -- restore, migrate, start -------------------------------------------------
+            started = time.monotonic()
+            restore = ["sh", str(BACKUP_DIR / "restore.sh"), str(dump), cluster.database_url]
+            assert (await command(restore)).startswith("restored ")
+            drill.figures["restore_s"] = round(time.monotonic() - started, 2)
+            assert await snapshot(cluster.database_url) == before
+            await command([harness.GATEWAY, "migrate"], env=gw.env)
+            gw.start()
+            await gw.wait_ready(http)
 
-        # -- restore, migrate, start -----------------------------------------------------
-        started = time.monotonic()
-        restore = ["sh", str(BACKUP_DIR / "restore.sh"), str(dump), cluster.database_url]
-        restored_line = await run(restore)
-        figures["restore_s"] = round(time.monotonic() - started, 2)
-        assert restored_line.startswith("restored ")
-        restored = await snapshot(cluster.database_url)
-        assert restored == before
-        await run([harness.GATEWAY, "migrate"], env=gw.env)
-        gw.start()
-        await gw.wait_ready(http)
+            # -- the gateway serves what was restored ------------------------------------
+            for payment in before["payments"]:
+                reply = await client.request("GET", f"/v1/payments/{payment['id']}")
+                assert reply.status == 200, reply.body
+                assert reply.json["status"] == payment["status"]
+                assert reply.json["refunded_amount"] == payment["refunded_amount"]
+            for refund in before["refunds"]:
+                reply = await client.request("GET", f"/v1/refunds/{refund['id']}")
+                assert reply.status == 200, reply.body
+                assert reply.json["status"] == refund["status"]
 
-        # -- the gateway serves what was restored ----------------------------------------
-        for payment in before["payments"]:
-            reply = await client.request("GET", f"/v1/payments/{payment['id']}")
-            assert reply.status == 200, reply.body
-            assert reply.json["status"] == payment["status"]
-            assert reply.json["refunded_amount"] == payment["refunded_amount"]
-        for refund in before["refunds"]:
-            reply = await client.request("GET", f"/v1/refunds/{refund['id']}")
-            assert reply.status == 200, reply.body
-            assert reply.json["status"] == refund["status"]
+            # -- the receiver comes up: every undelivered event arrives -------------------
+            runner = await start_receiver(receiver, receiver_port)
+            started = time.monotonic()
+            while await open_deliveries(cluster.database_url):
+                assert time.monotonic() < started + 60, "deliveries still open after a minute"
+                await asyncio.sleep(0.25)
+            drill.figures["deliver_after_restore_s"] = round(time.monotonic() - started, 2)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
 
-        # -- the receiver comes up: every undelivered event arrives -----------------------
-        receiver = Receiver(secret=cluster.creds.webhook_secret)
-        runner = await start_receiver(receiver, receiver_port)
-        started = time.monotonic()
-        deadline = started + 60
-        while await open_deliveries(cluster.database_url):
-            assert time.monotonic() < deadline, "deliveries still open a minute after restore"
-            await asyncio.sleep(0.25)
-        figures["deliver_after_restore_s"] = round(time.monotonic() - started, 2)
-
-        received = {(r.path, r.webhook_id) for r in receiver.receipts if r.valid_signature}
-        payments = {p["id"]: p for p in before["payments"]}
-        expected = {("/endpoint", e["id"]) for e in before["events"]}
-        expected |= {("/notify", e["id"]) for e in before["events"]
-                     if payments[e["payment_id"]]["notify_url"]}  # fmt: skip
-        assert sorted(expected - received) == []
-        assert not [r for r in receiver.receipts if not r.valid_signature]
-
-        figures.update(
-            payments=len(before["payments"]),
-            payments_by_status=_count(before["payments"], "status"),
-            refunds=len(before["refunds"]),
-            events=len(before["events"]),
-            deliveries_open_at_dump=len(before["open_deliveries"]),
-            callbacks_received=len(receiver.receipts),
-        )
-        harness.save_result(f"restore-drill-{profile.name}", figures)
-        # the drill exercised what it claims to
-        assert before["refunds"] and before["open_deliveries"]
-        assert before["closed_deliveries"] == []  # none delivered or given up before the dump
-        assert {"succeeded", "pending"} <= set(figures["payments_by_status"])
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await http.close()
-        await cluster.close()
+    received = {(r.path, r.webhook_id) for r in receiver.receipts if r.valid_signature}
+    payments = {p["id"]: p for p in before["payments"]}
+    expected = {("/endpoint", e["id"]) for e in before["events"]}
+    expected |= {("/notify", e["id"]) for e in before["events"]
+                 if payments[e["payment_id"]]["notify_url"]}  # fmt: skip
+    assert sorted(expected - received) == []
+    assert not [r for r in receiver.receipts if not r.valid_signature]
+    drill.figures.update(
+        journeys=profile.journeys,
+        payments=len(before["payments"]),
+        payments_by_status=dict(Counter(p["status"] for p in before["payments"])),
+        refunds=len(before["refunds"]),
+        events=len(before["events"]),
+        deliveries_open_at_dump=len(before["open_deliveries"]),
+        callbacks_received=len(receiver.receipts),
+    )
+    harness.save_result(f"restore-drill-{profile.name}", drill.figures)
+    # the drill exercised what it claims to
+    assert before["refunds"] and before["open_deliveries"]
+    assert before["closed_deliveries"] == []  # none delivered or given up before the dump
+    assert {"succeeded", "pending"} <= set(drill.figures["payments_by_status"])
 
 
 async def snapshot_tables(database_url: str) -> int:
@@ -251,10 +227,3 @@ async def snapshot_tables(database_url: str) -> int:
         return count
     finally:
         await conn.close()
-
-
-def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row[key]] = counts.get(row[key], 0) + 1
-    return counts

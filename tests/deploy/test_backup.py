@@ -10,6 +10,7 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -46,16 +47,30 @@ async def sh(*argv: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def fill(url: str) -> None:
+async def execute(url: str, *statements: str) -> Any:
+    """Run the statements on a connection of their own; the last one's first value."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(
-            "CREATE TABLE ledger (id bigint PRIMARY KEY, amount bigint NOT NULL CHECK (amount > 0));"
-            "INSERT INTO ledger SELECT g, g * 100 FROM generate_series(1, 500) g;"
-            "CREATE INDEX ledger_amount ON ledger (amount);"
-        )
+        for sql in statements:
+            value = await conn.fetchval(sql)
+        return value
     finally:
         await conn.close()
+
+
+async def fill(url: str) -> None:
+    await execute(
+        url,
+        "CREATE TABLE ledger (id bigint PRIMARY KEY, amount bigint NOT NULL CHECK (amount > 0))",
+        "INSERT INTO ledger SELECT g, g * 100 FROM generate_series(1, 500) g",
+        "CREATE INDEX ledger_amount ON ledger (amount)",
+    )
+
+
+async def backup_of(url: str, folder: Path) -> Path:
+    code, out, err = await sh(str(BACKUP / "backup.sh"), "--dir", str(folder), url)
+    assert code == 0, err
+    return Path(out.strip())
 
 
 async def test_backup_and_restore_round_trip(
@@ -63,9 +78,7 @@ async def test_backup_and_restore_round_trip(
 ) -> None:
     source, target = two_databases
     await fill(source)
-    code, out, err = await sh(str(BACKUP / "backup.sh"), "--dir", str(tmp_path), source)
-    assert code == 0, err
-    dump = Path(out.strip())
+    dump = await backup_of(source, tmp_path)
     assert dump.parent == tmp_path and dump.name.startswith("gateway-")
     assert (tmp_path / f"{dump.name}.sha256").read_text().split() == [
         (await asyncio.to_thread(_sha256, dump)),
@@ -74,15 +87,11 @@ async def test_backup_and_restore_round_trip(
     code, out, err = await sh(str(BACKUP / "restore.sh"), str(dump), target)
     assert code == 0, err
     assert out.strip() == f"restored {dump}: 1 tables"
-    conn = await asyncpg.connect(target)
-    try:
-        assert await conn.fetchval("SELECT sum(amount) FROM ledger") == 100 * 500 * 501 // 2
-        indexes = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = 'ledger'")
-        assert indexes == 2
-        with pytest.raises(asyncpg.CheckViolationError):  # constraints came back too
-            await conn.execute("INSERT INTO ledger VALUES (0, -1)")
-    finally:
-        await conn.close()
+    assert await execute(target, "SELECT sum(amount) FROM ledger") == 100 * 500 * 501 // 2
+    indexes = "SELECT count(*) FROM pg_indexes WHERE tablename = 'ledger'"
+    assert await execute(target, indexes) == 2
+    with pytest.raises(asyncpg.CheckViolationError):  # constraints came back too
+        await execute(target, "INSERT INTO ledger VALUES (0, -1)")
 
 
 def _listing(folder: Path) -> list[str]:
@@ -106,8 +115,8 @@ async def test_restore_refuses_a_database_that_is_not_empty(
     source, target = two_databases
     await fill(source)
     await fill(target)
-    _, out, _ = await sh(str(BACKUP / "backup.sh"), "--dir", str(tmp_path), source)
-    code, _, err = await sh(str(BACKUP / "restore.sh"), out.strip(), target)
+    dump = await backup_of(source, tmp_path)
+    code, _, err = await sh(str(BACKUP / "restore.sh"), str(dump), target)
     assert code == 1
     assert "holds 1 tables: restore into an empty one" in err
 
@@ -117,17 +126,12 @@ async def test_restore_refuses_an_archive_that_does_not_match_its_checksum(
 ) -> None:
     source, target = two_databases
     await fill(source)
-    _, out, _ = await sh(str(BACKUP / "backup.sh"), "--dir", str(tmp_path), source)
-    dump = Path(out.strip())
+    dump = await backup_of(source, tmp_path)
     _append(dump, b"\0")
     code, _, err = await sh(str(BACKUP / "restore.sh"), str(dump), target)
     assert code == 1
     assert "does not match its .sha256" in err
-    conn = await asyncpg.connect(target)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'ledger'") == 0
-    finally:
-        await conn.close()
+    assert await execute(target, "SELECT count(*) FROM pg_tables WHERE tablename = 'ledger'") == 0
 
 
 async def test_keep_leaves_the_newest_archives(
