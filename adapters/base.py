@@ -71,7 +71,25 @@ class ChannelResult:
     next_action: NextAction | None = None
     amount: int | None = None
     """The amount the channel reports, in minor units, when it reports one."""
+    currency: str | None = None
+    """The currency the channel reports (ISO 4217), when it reports one. A SUCCEEDED result for
+    a payment or a refund must carry `amount` and `currency`: the gateway refuses (and alerts on)
+    a success whose amount or currency is missing or differs from its own."""
     paid_at: datetime | None = None
+    order_may_exist: bool = False
+    """With SYSTEM_ERROR + FAILOVER on a create: the channel's own answer (WeChat SYSTEM_ERROR,
+    Alipay 20000 …) leaves open whether it created the order, though the payer never got a way
+    to pay it. The gateway fails over and closes this order at the channel (best effort,
+    retried by the status sync), never leaves it open."""
+    watch_until: datetime | None = None
+    """On a close that the channel cannot carry out (UnionPay has no close of an unpaid QR
+    order; an Alipay QR code nobody scanned has no trade to close): SUCCEEDED, and the order
+    stays payable at the channel until this moment. The gateway closes the payment and keeps
+    querying the order until then; a payment in that time is a late payment."""
+    needs_operator: bool = False
+    """Money may have moved, but the channel reports neither success nor failure (WeChat
+    REFUND.ABNORMAL, UnionPay origRespCode 42/45): never mapped to FAILED. The outcome is
+    WAITING; the gateway records it for an operator and keeps the payment or refund open."""
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +132,10 @@ class Notification:
     channel_order_id: str
     result: ChannelResult
     channel_refund_id: str | None = None
+    notification_id: str | None = None
+    """The channel's own id of this notification (WeChat's `id`, Alipay's `notify_id`), where
+    the protocol has one: the gateway applies each id once. Notifications older than the
+    channel's own window are refused by the adapter where the protocol carries a timestamp."""
 
 
 @dataclass(frozen=True, slots=True)
