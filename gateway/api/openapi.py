@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.domain.errors import TITLES
 from gateway.domain.models import (
     CreatePaymentRequest,
     CreateRefundRequest,
     CreateWebhookEndpointRequest,
     EmptyRequest,
 )
-from gateway.errors import TITLES
 
 _PROBLEM = {
     "type": "object",

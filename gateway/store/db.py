@@ -1,14 +1,17 @@
-"""The PostgreSQL pool and migrations."""
+"""The PostgreSQL pool (JSON codec, no session reset on release), its readiness check, and
+migrations."""
 
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 import orjson
 import structlog
 from asyncpg.pool import PoolConnectionProxy
+
+from gateway.store.queries import query
 
 log = structlog.get_logger("store")
 
@@ -17,6 +20,7 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 Executor: TypeAlias = "Pool | Connection"
 """Anything that runs a query: the pool (autocommit) or a connection (maybe in a transaction)."""
 
+_PING = query("ping")
 _MIGRATION_LOCK = 0x6761_7465_7761_7901  # pg_advisory_lock key: migrations run one at a time
 
 
@@ -47,6 +51,11 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> Pool:
     )
     assert pool is not None
     return pool
+
+
+async def ping(pool: Pool) -> None:
+    """One round trip: raises when the database cannot answer."""
+    await pool.fetchval(_PING)
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -81,7 +90,3 @@ async def migrate(conn: Connection) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
-
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None
