@@ -1,14 +1,14 @@
-"""The application factory: settings -> pools -> services -> routes -> background tasks."""
+"""The application factory: settings -> pools (the schema checked, or migrated when
+`migrate_on_start`) -> routing and channels -> services -> routes -> background tasks (the
+dispatcher, the status sync, the routing and risk file polls, SIGHUP)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -17,7 +17,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import logs, metrics
+from gateway import logs
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -28,14 +28,13 @@ from gateway.http_client import channel_session
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
 from gateway.services.callbacks import CallbackDispatcher
-from gateway.services.channels import ChannelRegistry
+from gateway.services.channels import ChannelRegistry, routing_holder
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
 from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
-from gateway.store.db import Pool, create_pool, migrate
-from routing.loader import RoutingHolder
+from gateway.store.db import Pool, create_pool, migrate, require_current_schema
 
 log = structlog.get_logger("app")
 
@@ -46,12 +45,6 @@ MAX_BODY = 64 * 1024
 class Endpoints:
     database_url: str
     redis_url: str
-
-
-def routing_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("GATEWAY_PUBLIC_URL", settings.effective_public_url)
-    return env
 
 
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
@@ -75,121 +68,141 @@ def _lifecycle(
     settings: Settings, endpoints: Endpoints
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(endpoints.database_url, settings.db_pool_min, settings.db_pool_max)
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        # from_pool: the client owns the pool and closes it with itself
-        redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                endpoints.redis_url,
-                max_connections=settings.redis_pool_max,
-                timeout=settings.redis_pool_timeout_s,
+        async with contextlib.AsyncExitStack() as resources:  # closed in reverse, also on failure
+            pool = await create_pool(
+                endpoints.database_url, settings.db_pool_min, settings.db_pool_max
             )
-        )
-        http = channel_session()
-        box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
-        if box is None:
-            log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
-        holder = RoutingHolder(settings.routing_file, env=routing_env(settings))
-        metrics.ROUTING_VERSION.labels(version=holder.current.version).set(1)
-        channels = ChannelRegistry(
-            holder,
-            AdapterContext(http=http, config_dir=str(settings.config_dir)),
-            ChannelHealthStore(redis, settings.redis_prefix),
-        )
-        risk = RiskEngine(RiskHolder(settings.risk_file), redis, settings.redis_prefix)
-        payments = PaymentService(
-            pool,
-            channels,
-            settings.effective_public_url,
-            settings.sync_schedule,
-            risk=risk,
-            late_payment_auto_refund=settings.late_payment_auto_refund,
-        )
-        refunds = RefundService(
-            pool, channels, settings.effective_public_url, settings.sync_schedule
-        )
-        sync = StatusSync(
-            pool, channels, payments, refunds, settings.sync_schedule, poll_s=settings.sync_poll_s
-        )
-        dispatcher = CallbackDispatcher(
-            pool,
-            box,
-            schedule=settings.webhook_retry_schedule,
-            allow_private=settings.callback_allow_private,
-            timeout_s=settings.callback_timeout_s,
-            poll_s=settings.dispatcher_poll_s,
-            concurrency=settings.dispatcher_concurrency,
-        )
-        authenticator = Authenticator(
-            pool, redis, box, settings.redis_prefix, settings.key_cache_ttl_s
-        )
-        await authenticator.start()
-        app[SERVICES] = Services(
-            settings=settings,
-            pool=pool,
-            redis=redis,
-            authenticator=authenticator,
-            channels=channels,
-            payments=payments,
-            refunds=refunds,
-            sync=sync,
-            dispatcher=dispatcher,
-        )
-        stop = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-        if settings.background:
-            tasks.append(asyncio.create_task(dispatcher.run(stop), name="callback-dispatcher"))
-            tasks.append(asyncio.create_task(sync.run(stop), name="status-sync"))
-            tasks.append(
-                asyncio.create_task(
-                    _every(settings.routing_poll_s, stop, _reload(channels, risk)), name="routing"
+            resources.push_async_callback(pool.close)
+            async with pool.acquire() as conn:
+                if settings.migrate_on_start:
+                    await migrate(conn)
+                else:
+                    await require_current_schema(conn)
+            # from_pool: the client owns the pool and closes it with itself
+            redis = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    endpoints.redis_url,
+                    max_connections=settings.redis_pool_max,
+                    timeout=settings.redis_pool_timeout_s,
                 )
             )
-            tasks.append(
-                asyncio.create_task(
-                    _every(300, stop, _purge_idempotency(pool)), name="idempotency-purge"
-                )
+            resources.push_async_callback(redis.aclose)
+            http = channel_session()
+            resources.push_async_callback(http.close)
+            box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
+            if box is None:
+                log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
+            holder = routing_holder(settings)
+            channels = ChannelRegistry(
+                holder,
+                AdapterContext(http=http, config_dir=str(settings.config_dir)),
+                ChannelHealthStore(redis, settings.redis_prefix),
             )
-            reload_now = _reload(channels, risk)
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                # SIGHUP: re-read the routing and risk files now rather than at the next poll
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_now()))
-                )
-        log.info(
-            "gateway_started",
-            public_url=settings.effective_public_url,
-            routing_version=holder.current.version,
-            simulators=settings.simulators,
-        )
-        try:
+            resources.push_async_callback(channels.aclose)
+            risk = RiskEngine(RiskHolder(settings.risk_file), redis, settings.redis_prefix)
+            payments = PaymentService(
+                pool,
+                channels,
+                settings.effective_public_url,
+                settings.sync_schedule,
+                risk=risk,
+                late_payment_auto_refund=settings.late_payment_auto_refund,
+            )
+            refunds = RefundService(
+                pool, channels, settings.effective_public_url, settings.sync_schedule
+            )
+            sync = StatusSync(
+                pool,
+                channels,
+                payments,
+                refunds,
+                settings.sync_schedule,
+                poll_s=settings.sync_poll_s,
+            )
+            dispatcher = CallbackDispatcher(
+                pool,
+                box,
+                schedule=settings.webhook_retry_schedule,
+                allow_private=settings.callback_allow_private,
+                timeout_s=settings.callback_timeout_s,
+                poll_s=settings.dispatcher_poll_s,
+                concurrency=settings.dispatcher_concurrency,
+            )
+            authenticator = Authenticator(
+                pool, redis, box, settings.redis_prefix, settings.key_cache_ttl_s
+            )
+            await authenticator.start()
+            app[SERVICES] = Services(
+                settings=settings,
+                pool=pool,
+                redis=redis,
+                authenticator=authenticator,
+                channels=channels,
+                payments=payments,
+                refunds=refunds,
+                sync=sync,
+                dispatcher=dispatcher,
+            )
+            if settings.background:
+                await resources.enter_async_context(_background(settings, app[SERVICES], risk))
+            log.info(
+                "gateway_started",
+                public_url=settings.effective_public_url,
+                routing_version=holder.current.version,
+                simulators=settings.simulators,
+            )
             yield
-        finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await channels.aclose()
-            await http.close()
-            await redis.aclose()
-            await pool.close()
 
     return lifecycle
 
 
-def _reload(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Coroutine[Any, Any, None]]:
+@contextlib.asynccontextmanager
+async def _background(settings: Settings, svc: Services, risk: RiskEngine) -> AsyncIterator[None]:
+    """The background workers of this process, and SIGHUP; stopped on the way out."""
+    stop = asyncio.Event()
+    jobs = {
+        "callback-dispatcher": svc.dispatcher.run(stop),
+        "status-sync": svc.sync.run(stop),
+        "routing": _every(settings.routing_poll_s, stop, _poll(svc.channels, risk)),
+        "idempotency-purge": _every(300, stop, _purge_idempotency(svc.pool)),
+    }
+    tasks = [asyncio.create_task(job, name=name) for name, job in jobs.items()]
+    loop = asyncio.get_running_loop()
+    hup = False
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        # SIGHUP: re-read the routing and risk files now rather than at the next poll
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, svc.channels, risk)
+        hup = True
+    try:
+        yield
+    finally:
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _poll(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Awaitable[None]]:
+    """The periodic job: re-read the routing and risk files if they changed."""
+
     async def run() -> None:
         risk.reload()
-        before = channels.holder.reload_failures
-        if channels.reload():
-            metrics.ROUTING_VERSION.clear()
-            metrics.ROUTING_VERSION.labels(version=channels.holder.current.version).set(1)
-        if channels.holder.reload_failures > before:
-            metrics.ROUTING_RELOAD_FAILURES.inc()
-            log.error("routing_reload_refused", error=channels.holder.last_error)
+        channels.poll()
 
     return run
+
+
+def _on_sighup(channels: ChannelRegistry, risk: RiskEngine) -> None:
+    """SIGHUP: re-read the routing and risk files now rather than at the next poll (the
+    routing file as an operator's reload: a refused content is validated again)."""
+    logs.bind_job()
+    try:
+        risk.reload()
+        channels.reload()
+    except Exception:  # a signal handler that raises would only print to stderr
+        log.exception("sighup_reload_failed")
 
 
 def _purge_idempotency(pool: Pool) -> Callable[[], Awaitable[None]]:

@@ -1,8 +1,25 @@
-"""Prometheus metrics (one registry per process, served at /metrics)."""
+"""Prometheus metrics, served at /metrics (`exposition`).
+
+One process: the default registry. Several gateway processes on one host, with
+`PROMETHEUS_MULTIPROC_DIR` set (`gateway.metrics_multiprocess`, prepared before this module is
+imported): every process writes its values to files there, and a scrape of any of them
+returns the sum over all of them — counters and histograms added up, each gauge combined as
+its `multiprocess_mode` says (ignored in single-process mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway import metrics_multiprocess
 
 REQUESTS = Counter(
     "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -43,16 +60,32 @@ CALLBACK_ATTEMPTS = Counter(
     "gateway_callback_attempts_total", "Callback delivery attempts", ["outcome"]
 )
 CALLBACK_LATENCY = Histogram("gateway_callback_attempt_seconds", "Callback attempt latency")
-CALLBACK_QUEUE = Gauge("gateway_callback_queue_depth", "Callback deliveries due now")
+# the database's state, measured by every process's dispatcher: the latest reading is the truth
+CALLBACK_QUEUE = Gauge(
+    "gateway_callback_queue_depth",
+    "Callback deliveries due now",
+    multiprocess_mode="livemostrecent",
+)
 CALLBACK_OLDEST_AGE = Gauge(
-    "gateway_callback_oldest_due_seconds", "Age of the oldest due callback delivery"
+    "gateway_callback_oldest_due_seconds",
+    "Age of the oldest due callback delivery",
+    multiprocess_mode="livemostrecent",
 )
 ROUTING_RELOAD_FAILURES = Counter(
     "gateway_routing_reload_failures_total", "Routing files refused on reload"
 )
-ROUTING_VERSION = Gauge("gateway_routing_info", "The routing version in force", ["version"])
+ROUTING_VERSION = Gauge(
+    "gateway_routing_info",
+    "The routing version in force: 1 for the version a process serves, 0 for one it left",
+    ["version"],
+    multiprocess_mode="liveall",  # one sample per live process (a `pid` label): who serves what
+)
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Refused signatures", ["code"])
-SYNC_BACKLOG = Gauge("gateway_sync_backlog", "Open attempts due for a status query")
+SYNC_BACKLOG = Gauge(
+    "gateway_sync_backlog",
+    "Open attempts due for a status query",
+    multiprocess_mode="livemostrecent",
+)
 EXPIRED = Counter("gateway_payments_expired_total", "Pending payments closed at expiry")
 RISK_REJECTIONS = Counter(
     "gateway_risk_rejections_total", "Payments refused by a risk rule", ["rule"]
@@ -60,6 +93,22 @@ RISK_REJECTIONS = Counter(
 RISK_RELOAD_FAILURES = Counter("gateway_risk_reload_failures_total", "Risk files refused on reload")
 BREAKER_STATE = Gauge(
     "gateway_channel_breaker_state",
-    "Circuit breaker per channel as this process last read it: 0 closed, 1 half-open, 2 open",
+    "Circuit breaker per channel (shared by every process) as last read from Redis: 0 closed,"
+    " 1 half-open, 2 open",
     ["channel"],
+    multiprocess_mode="livemostrecent",
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """(body, content type) of a scrape: this process's metrics, or in multiprocess mode those
+    of every gateway process on the host (dead processes marked first)."""
+    folder = metrics_multiprocess.directory()
+    if folder is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    metrics_multiprocess.mark_dead_processes(folder)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(folder))  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,5 +1,9 @@
 """Settings from `GATEWAY_*` environment variables (and an optional `gateway.env` file),
-API.md §4."""
+API.md §4.
+
+One more variable is read from the environment only, not from here: PROMETHEUS_MULTIPROC_DIR,
+which puts the metrics of every gateway process on the host into one scrape
+(`gateway.metrics_multiprocess`); prometheus_client itself reads it when first imported."""
 
 from __future__ import annotations
 
@@ -85,6 +89,11 @@ class Settings(BaseSettings):
     connections between them)."""
     background: bool = True
     """Run the background workers (callback dispatcher, routing reload) in this process."""
+    migrate_on_start: bool = False
+    """Apply the pending migrations when the gateway starts (under the migration lock, so
+    several processes starting together apply each once). Off: a gateway whose database lacks
+    a migration refuses to start, and `gateway migrate` applies them. `gateway serve --migrate`
+    and `gateway demo` turn it on."""
 
     _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
         _parse_schedule

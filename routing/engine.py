@@ -76,11 +76,14 @@ CIRCUIT_OPEN = "circuit_open"
 
 
 def select_rule(loaded: LoadedRouting, facts: PaymentFacts) -> tuple[int | None, str, RouteConfig]:
-    """(index or None, name, route) of the first rule the payment matches, else the default."""
-    for index, rule in enumerate(loaded.config.rules):
-        if matches(rule.when, facts):
+    """(index or None, name, route) of the first rule the payment matches, else the default.
+    A rule whose route has no enabled channel is passed over as if it did not match (API.md
+    §4: `enabled: false` is the operator's switch; the next rule decides)."""
+    config = loaded.config
+    for index, rule in enumerate(config.rules):
+        if matches(rule.when, facts) and config.enabled_channels(rule.route):
             return index, rule.name, rule.route
-    return None, "default", loaded.config.default.route
+    return None, "default", config.default.route
 
 
 def eligibility(channel: ChannelConfig, facts: PaymentFacts) -> tuple[str, str] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from routing.engine import RouteDecision
 from routing.fees import fee_for
-from routing.loader import LoadedRouting, RoutingError, load_routing
+from routing.loader import ChannelCheck, LoadedRouting, RoutingError, load_routing
 from routing.rules import mismatch
 from routing.schema import ChannelConfig, Condition, RouteConfig
 
@@ -27,6 +27,8 @@ def explain_text(decision: RouteDecision, loaded: LoadedRouting) -> str:
         out.append("Rules, first match wins:")
         for index, rule in enumerate(config.rules):
             reason = mismatch(rule.when, facts)
+            if reason is None and not config.enabled_channels(rule.route):
+                reason = "passed over, no enabled channel in its route"
             mark = "MATCH" if reason is None else f"no: {reason}"
             out.append(f"  rules[{index}] {rule.name}: {mark}")
             if reason is None:
@@ -72,11 +74,14 @@ def explain_text(decision: RouteDecision, loaded: LoadedRouting) -> str:
     return "\n".join(out) + "\n"
 
 
-def check_text(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Validate a routing file: (valid, report). The report lists every error with its path
-    (and line), or summarises the channels, rules and settings, plus any warnings."""
+def check_text(
+    path: str | Path, env: Mapping[str, str] | None = None, check: ChannelCheck | None = None
+) -> tuple[bool, str]:
+    """Validate a routing file, each channel with `check` too when given (the gateway's checks
+    its adapter settings and key files): (valid, report). The report lists every error with
+    its path (and line), or summarises the channels, rules and settings, plus any warnings."""
     try:
-        loaded = load_routing(path, env)
+        loaded = load_routing(path, env, check)
     except RoutingError as exc:
         count = len(exc.errors)
         out = [f"{path}: INVALID, {count} error{'s' if count != 1 else ''}"]

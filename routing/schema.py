@@ -2,8 +2,13 @@
 
 Shape checks (types, ranges, unknown keys) are pydantic's; the checks that need the whole file
 (unknown channels, weights adding up to 100, rules hidden behind broader ones, methods that no
-enabled channel of a route serves) are `semantic_errors`. Every message names the path of the
+channel of a route serves) are `semantic_errors`. Every message names the path of the
 offending value, e.g. ``rules[2].route.channels: unknown channel 'alipay_bak'``.
+
+`enabled: false` is always a valid edit (API.md §4): the errors are those of the file with every
+channel enabled, so switching a channel off never makes a file invalid. What it leaves behind
+(a rule with no enabled channel, which routing passes over; a default route with none) is in
+`semantic_warnings`.
 
 Amounts are integers in minor units (fen for CNY): floats are refused. Fee percentages are
 decimals with at most four places (``"0.6"``, ``0.38``), held as `Decimal`, never as floats.
@@ -416,6 +421,15 @@ class RoutingConfig(_Model):
             yield f"rules[{index}].route", rule.name, rule.route
         yield "default.route", "default", self.default.route
 
+    def enabled_channels(self, route: RouteConfig) -> list[str]:
+        """The route's channels (main, then fallback) that are known and enabled. A rule whose
+        route has none is passed over as if it did not match."""
+        return [
+            name
+            for name in route.all_channels()
+            if name in self.channels and self.channels[name].enabled
+        ]
+
 
 # ---- checks across the file -----------------------------------------------------------------
 
@@ -430,7 +444,9 @@ def semantic_errors(config: RoutingConfig) -> list[str]:
 
 
 def semantic_warnings(config: RoutingConfig) -> list[str]:
-    """Things worth an operator's look that do not make the file invalid."""
+    """Things worth an operator's look that do not make the file invalid, among them what
+    disabled channels leave behind: rules passed over, a default route that answers
+    no_route, methods or currencies a rule can no longer take."""
     warnings: list[str] = []
     used = {name for _, _, route in config.routes() for name in route.all_channels()}
     for name, channel in config.channels.items():
@@ -438,19 +454,28 @@ def semantic_warnings(config: RoutingConfig) -> list[str]:
             warnings.append(f"channels.{name}: not used by any route")
         if not channel.enabled:
             warnings.append(f"channels.{name}: disabled (skipped by every route)")
+    warnings += _disabled_route_warnings(config)
     served = {m for ch in config.channels.values() if ch.enabled for m in ch.methods}
     for method in METHODS:
         if method not in served:
             warnings.append(
                 f"channels: no enabled channel serves {method!r}; such payments get no_route"
             )
-    for index, rule in enumerate(config.rules):
-        if covers(rule.when, None):
-            warnings.append(
-                f"default: never used, rule {rule.name!r} (rules[{index}]) matches every payment"
-            )
-            break
+    catch_all = _catch_all(config)
+    if catch_all is not None:
+        index, name = catch_all
+        warnings.append(
+            f"default: never used, rule {name!r} (rules[{index}]) matches every payment"
+        )
     return warnings
+
+
+def _catch_all(config: RoutingConfig) -> tuple[int, str] | None:
+    """(index, name) of the first rule that matches every payment and is not passed over."""
+    for index, rule in enumerate(config.rules):
+        if covers(rule.when, None) and config.enabled_channels(rule.route):
+            return index, rule.name
+    return None
 
 
 def _channel_errors(config: RoutingConfig) -> list[str]:
@@ -524,6 +549,8 @@ def _route_errors(config: RoutingConfig) -> list[str]:
 
 
 def _rule_errors(config: RoutingConfig) -> list[str]:
+    """Rule names, rules hidden behind earlier ones, and methods or currencies a rule's route
+    cannot take whichever of its channels are enabled (see the module docstring)."""
     errors = []
     names: dict[str, int] = {}
     for index, rule in enumerate(config.rules):
@@ -548,35 +575,54 @@ def _rule_errors(config: RoutingConfig) -> list[str]:
                     f"(rules[{earlier_index}]) above it {what}"
                 )
                 break
-        channels = [
-            config.channels[name]
-            for name in rule.route.all_channels()
-            if name in config.channels and config.channels[name].enabled
-        ]
-        if not channels:
-            errors.append(f"{path}.route: no enabled channel in this route")
-            continue
-        methods = _constrained(rule.when, "method")
-        for method in sorted(methods or ()):
-            if not any(method in ch.methods for ch in channels):
-                errors.append(
-                    f"{path}.when.method: no enabled channel of this rule's route serves {method!r}"
-                )
-        currencies = _constrained(rule.when, "currency")
-        for currency in sorted(currencies or ()):
-            if not any(currency in ch.currencies for ch in channels):
-                errors.append(
-                    f"{path}.when.currency: no enabled channel of this rule's route accepts "
-                    f"{currency!r}"
-                )
-    default_channels = [
-        name
-        for name in config.default.route.all_channels()
-        if name in config.channels and config.channels[name].enabled
-    ]
-    if not default_channels and not any(covers(rule.when, None) for rule in config.rules):
-        errors.append("default.route: no enabled channel in this route")
+        listed = [name for name in rule.route.all_channels() if name in config.channels]
+        # no known channel at all: the unknown names are already errors of the route
+        if listed:
+            errors += _coverage_problems(config, index, listed, "channel")
     return errors
+
+
+def _coverage_problems(config: RoutingConfig, index: int, names: list[str], what: str) -> list[str]:
+    """The methods and currencies that rules[index]'s `when:` asks for and none of the
+    channels `names` takes, as ``path: no <what> of this rule's route serves …``."""
+    path = f"rules[{index}]"
+    when = config.rules[index].when
+    channels = [config.channels[name] for name in names]
+    problems = []
+    for method in sorted(_constrained(when, "method") or ()):
+        if not any(method in ch.methods for ch in channels):
+            problems.append(f"{path}.when.method: no {what} of this rule's route serves {method!r}")
+    for currency in sorted(_constrained(when, "currency") or ()):
+        if not any(currency in ch.currencies for ch in channels):
+            problems.append(
+                f"{path}.when.currency: no {what} of this rule's route accepts {currency!r}"
+            )
+    return problems
+
+
+def _disabled_route_warnings(config: RoutingConfig) -> list[str]:
+    warnings = []
+    for index, rule in enumerate(config.rules):
+        path = f"rules[{index}]"
+        listed = [name for name in rule.route.all_channels() if name in config.channels]
+        enabled = config.enabled_channels(rule.route)
+        disabled = ", ".join(name for name in listed if name not in enabled)
+        if not enabled:
+            warnings.append(
+                f"{path}.route: no enabled channel (disabled: {disabled}): rule {rule.name!r} "
+                "is passed over, the rules below it decide"
+            )
+            continue
+        for problem in _coverage_problems(config, index, enabled, "enabled channel"):
+            warnings.append(f"{problem} (disabled: {disabled}); such payments get no_route")
+    default = config.default.route
+    if not config.enabled_channels(default) and _catch_all(config) is None:
+        disabled = ", ".join(name for name in default.all_channels() if name in config.channels)
+        warnings.append(
+            f"default.route: no enabled channel (disabled: {disabled}): payments no rule "
+            "takes get no_route"
+        )
+    return warnings
 
 
 def _constrained(cond: Condition | None, key: Literal["method", "currency"]) -> set[str] | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import metrics
 from gateway.api.context import services
 from gateway.api.openapi import openapi_document
 
@@ -25,8 +25,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    resp = web.Response(body=generate_latest())
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    """Prometheus: this process, or every gateway process on the host in multiprocess mode."""
+    body, content_type = metrics.exposition()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
     return resp
 
 

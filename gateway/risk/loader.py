@@ -1,6 +1,6 @@
 """Reading the risk file, and the holder that swaps in a changed file atomically or keeps the
-old rules: the routing file's behaviour (`routing.loader`), whose YAML reader (duplicate keys
-refused), line map and error wording this reuses, so both files fail alike."""
+old rules: what the routing file does, through the same `routing.files` (YAML reader with
+duplicate keys refused, line map, error wording, `FileHolder`), so both files fail alike."""
 
 from __future__ import annotations
 
@@ -9,26 +9,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from gateway.risk.rules import RiskRules
 from gateway.risk.schema import RiskConfig, semantic_errors
-from routing.loader import (
-    FileHolder,
-    RoutingError,
-    _format_validation,
-    _line_map,
-    _Loader,
-    _yaml_error,
-)
+from routing.files import FileHolder, RulesFileError, read_yaml, validation_messages
 
 __all__ = ["LoadedRisk", "RiskError", "RiskHolder", "load_risk", "parse_risk"]
 
 
-class RiskError(RoutingError):
+class RiskError(RulesFileError):
     """An invalid risk file: `errors` are ``path: problem`` messages, `line_of` finds their
-    line (the shape of `RoutingError`)."""
+    line (as for the routing file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +40,7 @@ class LoadedRisk:
 def parse_risk(raw: bytes, path: str | Path = "<risk>") -> LoadedRisk:
     """Validate the bytes of a risk file. Raises RiskError."""
     digest = hashlib.sha256(raw).hexdigest()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RiskError([f"(file): not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise RiskError([f"(yaml): {_yaml_error(exc)}"]) from None
-    lines = _line_map(node)
+    data, lines = read_yaml(raw, RiskError)
     if data is None:
         raise RiskError(["(top): the file is empty (write `{}` for no rules)"])
     if not isinstance(data, dict):
@@ -67,7 +50,7 @@ def parse_risk(raw: bytes, path: str | Path = "<risk>") -> LoadedRisk:
     try:
         config = RiskConfig.model_validate(data)
     except ValidationError as exc:
-        raise RiskError(_format_validation(exc), lines) from None
+        raise RiskError(validation_messages(exc), lines) from None
     errors = semantic_errors(config)
     if errors:
         raise RiskError(errors, lines)
@@ -86,7 +69,7 @@ def load_risk(path: str | Path) -> LoadedRisk:
 
 class RiskHolder(FileHolder[LoadedRisk]):
     """The risk rules in force, swapped atomically when the file changes to a valid one (the
-    same reload rules as routing: see `routing.loader.FileHolder`)."""
+    same reload rules as routing: see `routing.files.FileHolder`)."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, load_risk, parse_risk)

@@ -1,11 +1,11 @@
-"""Webhook secret rotation: `gateway merchant rotate-webhook-secret --merchant ID
-[--grace-hours 24] --json` prints a new `whsec_` secret. Until the grace period ends, callbacks
-carry two signatures, `v1,<new> v1,<old>` (Standard Webhooks), so the merchant can switch its
-verifier to the new secret whenever it likes within that time."""
+"""Webhook secret rotation, behind `gateway merchant rotate-webhook-secret --merchant ID
+[--grace-hours 24] --json` (gateway/cli/merchant.py), which prints the new `whsec_` secret.
+Until the grace period ends, callbacks carry two signatures, `v1,<new> v1,<old>` (Standard
+Webhooks), so the merchant can switch its verifier to the new secret whenever it likes within
+that time."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,28 +48,3 @@ async def rotate_webhook_secret(
     if not found:
         raise MerchantError(f"no merchant {merchant_id}")
     return RotatedSecret(merchant_id, secret, expires)
-
-
-async def rotate_job(pool: Pool, box: SecretBox, args: argparse.Namespace) -> dict[str, str | None]:
-    """`gateway merchant rotate-webhook-secret`, run by the CLI's merchant command with a pool
-    and the secret box; returns what it prints."""
-    rotated = await rotate_webhook_secret(pool, box, args.merchant, args.grace_hours)
-    return rotated.as_dict()
-
-
-def register(merchant_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `rotate-webhook-secret` to the `gateway merchant` subcommands (the merchant command
-    runs `merchant_job` with a pool and the secret box, and prints what it returns)."""
-    rotate = merchant_commands.add_parser(
-        "rotate-webhook-secret",
-        help="issue a new webhook secret; the old one also signs during a grace period",
-    )
-    rotate.add_argument("--merchant", required=True)
-    rotate.add_argument(
-        "--grace-hours",
-        type=float,
-        default=24.0,
-        help="hours the previous secret keeps signing beside the new one (default 24; 0: none)",
-    )
-    rotate.add_argument("--json", action="store_true")
-    rotate.set_defaults(merchant_job=rotate_job)

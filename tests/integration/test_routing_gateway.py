@@ -87,13 +87,14 @@ async def routed_gateway(
     monkeypatch: pytest.MonkeyPatch,
     bank_a_url: str,
     order: list[str],
+    settings: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[Gateway, TestServer, Path]:
     monkeypatch.setenv("BANK_A_URL", bank_a_url)
     path = tmp_path / "routing.yaml"
     path.write_text(routing_yaml(order, **kwargs))
     gw, server = await start_gateway(
-        database_url, redis_prefix, routing_file=path, admin_token=ADMIN_TOKEN
+        database_url, redis_prefix, routing_file=path, admin_token=ADMIN_TOKEN, **(settings or {})
     )
     return gw, server, path
 
@@ -105,19 +106,20 @@ Start = Callable[..., Awaitable[tuple[Gateway, Path]]]
 async def routed(
     tmp_path: Path, database_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Start]:
-    """`await routed(bank_a_url, order, **routing)` -> (gateway, its routing file): a gateway on
-    a routing file of this test's; `await routed(routing_file=path)` another process on the
-    same file. Every gateway started is closed after the test."""
+    """`await routed(bank_a_url, order, settings=None, **routing)` -> (gateway, its routing
+    file): a gateway (with these settings overrides) on a routing file of this test's;
+    `await routed(routing_file=path)` another process on the same file. Every gateway started
+    is closed after the test."""
     started: list[tuple[Gateway, TestServer]] = []
 
     async def start(
         bank_a_url: str = "", order: list[str] | None = None, *, routing_file: Path | None = None,
-        **routing: Any,
+        settings: dict[str, Any] | None = None, **routing: Any,
     ) -> tuple[Gateway, Path]:  # fmt: skip
         if routing_file is None:
             gw, server, path = await routed_gateway(
                 tmp_path, database_url, redis_prefix, monkeypatch, bank_a_url, order or [],
-                **routing,
+                settings, **routing,
             )  # fmt: skip
         else:
             path = routing_file
@@ -364,3 +366,48 @@ async def test_admin_api_needs_the_token(gateway: Gateway) -> None:
     async with gateway.http.get(gateway.url + "/admin/routing") as resp:
         assert resp.status == 401
         assert (await resp.json())["code"] == "unauthorized"
+
+
+async def test_a_bad_channel_config_is_refused_whole_and_the_old_rules_keep_serving(
+    database_url: str, routed: Start, redis_client: Any, bank_a: str, tmp_path: Path
+) -> None:
+    """POST /admin/routing/reload with a file whose new first channel names a key file that
+    does not exist: refused whole, shown and counted; payments still go where they went."""
+    # no file poll: only the operator's reload reads the edit
+    gw, path = await routed(bank_a, ["bank_b", "bank_a"], settings={"routing_poll_s": 3600})
+    client = gw.client(await new_merchant(database_url))
+    assert (await client.create_payment()).json["channel"] == "bank_b"
+    before = await admin(gw)
+    failures = await reload_failures_metric(gw)
+    broken = routing_yaml(["bank_c", "bank_a"], extra="""  bank_c:
+    adapter: bank
+    methods: [card]
+    config:
+      base_url: ${GATEWAY_PUBLIC_URL}/sim/bank
+      merchant_id: M100200300
+      merchant_private_key: keys/bank/no_such_key.pem
+      bank_public_key: keys/bank/bank_public.pem
+""")  # fmt: skip
+    path.write_text(broken)
+    async with gw.http.post(
+        gw.url + "/admin/routing/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["changed"] is False and answer["stale"] is True
+    assert answer["last_reload_error"].startswith("channels.bank_c.config: ")
+    view = await admin(gw)
+    assert view["version"] == before["version"] and "bank_c" not in view["channels"]
+    assert view["last_reload_error"] == answer["last_reload_error"]
+    assert view["reload_failures"] == before["reload_failures"] + 1
+    assert (await client.create_payment()).json["channel"] == "bank_b"
+    assert await reload_failures_metric(gw) == failures + 1
+
+
+async def reload_failures_metric(gw: Gateway) -> float:
+    async with gw.http.get(gw.url + "/metrics") as resp:
+        exported = await resp.text()
+    [line] = [
+        x for x in exported.splitlines() if x.startswith("gateway_routing_reload_failures_total ")
+    ]
+    return float(line.split()[1])

@@ -1,16 +1,16 @@
-"""The reconcile command's progress indicator and its settlement table."""
+"""The reconcile command's progress indicator and its settlement table (gateway/cli/reconcile.py)."""
 
 from __future__ import annotations
 
 import io
 
-from gateway.reconcile.cli import _ProgressPrinter, format_settlement
+from gateway.cli.reconcile import ProgressPrinter, format_settlement
 from gateway.reconcile.service import Progress
 
 
 def test_progress_is_quiet_for_short_runs_and_shown_for_long_ones() -> None:
     out = io.StringIO()
-    printer = _ProgressPrinter(out, "reconcile bank_icbc 2024-05-01")
+    printer = ProgressPrinter(out, "reconcile bank_icbc 2024-05-01")
     printer(Progress(1000, 100_000))
     printer(Progress(2000, 100_000, done=True))
     assert out.getvalue() == ""  # done within a second: nothing

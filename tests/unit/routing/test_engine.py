@@ -103,6 +103,40 @@ def test_max_attempts_is_passed_on_not_applied(data, load) -> None:  # type: ign
     assert decision.max_attempts == 1 and names(decision) == ["bank_a", "bank_b"]
 
 
+# ---- rules left with no enabled channel ---------------------------------------------------
+
+
+def test_a_rule_with_no_enabled_channel_is_passed_over(data, load) -> None:  # type: ignore[no-untyped-def]
+    data["rules"] = [
+        {"name": "big", "when": {"method": "card", "amount": {"min": 5000}},
+         "route": {"channels": ["bank_b"], "fallback": ["bank_a"]}},
+        {"name": "cards", "when": {"method": "card"}, "route": {"channels": ["bank_a"]}},
+    ]  # fmt: skip
+    data["channels"]["bank_b"]["enabled"] = False
+    loaded = load(data)
+    # bank_a, a fallback of `big`, is still enabled: `big` decides
+    decision = decide(loaded, pay(amount=9000))
+    assert (decision.rule, decision.rule_index, names(decision)) == ("big", 0, ["bank_a"])
+    data["channels"]["bank_a"]["enabled"] = False
+    loaded = load(data)
+    # now neither rule has an enabled channel: both are passed over, the default decides
+    decision = decide(loaded, pay(amount=9000))
+    assert (decision.rule, decision.rule_index) == ("default", None)
+    assert decision.candidates == [] and not decision.all_circuits_open  # 422 no_route
+    assert decision.skipped[0] == Skipped("bank_a", "disabled", "disabled")
+
+
+def test_the_next_rule_decides_for_a_rule_passed_over(data, load) -> None:  # type: ignore[no-untyped-def]
+    data["rules"] = [
+        {"name": "first", "when": {"method": "card"}, "route": {"channels": ["bank_b"]}},
+        {"name": "second", "when": {"method": ["card", "alipay_qr"]},
+         "route": {"channels": ["bank_a", "alipay_main"]}},
+    ]  # fmt: skip
+    data["channels"]["bank_b"]["enabled"] = False
+    decision = decide(load(data), pay(amount=9000))
+    assert (decision.rule, decision.rule_index, names(decision)) == ("second", 1, ["bank_a"])
+
+
 # ---- circuit breaker ------------------------------------------------------------------------
 
 

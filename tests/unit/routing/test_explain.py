@@ -104,3 +104,27 @@ def test_check_the_shipped_file() -> None:
     assert ok, text
     ok, text = check_text(SHIPPED, {})
     assert not ok and "environment variable GATEWAY_PUBLIC_URL is not set" in text
+
+
+def test_explain_names_a_rule_passed_over(data, load) -> None:  # type: ignore[no-untyped-def]
+    data = _rules(data)
+    data["channels"]["bank_b"]["enabled"] = False  # bank_a already is: `cards` has none left
+    loaded = load(data)
+    facts = PaymentFacts("card", 20000, "CNY", "m1", {}, NOW)
+    text = explain_text(route(loaded, facts, {}, {}, random.Random(0)), loaded)
+    assert "rules[1] cards: no: passed over, no enabled channel in its route" in text
+    assert "default: MATCH (no rule matched)" in text
+    assert "422 no_route" in text
+
+
+def test_check_warns_about_rules_passed_over_and_stays_valid(tmp_path: Path) -> None:
+    data = yaml.safe_load(SHIPPED.read_text())
+    data["channels"]["bank_icbc"]["enabled"] = False
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    ok, text = check_text(path, {"GATEWAY_PUBLIC_URL": "http://127.0.0.1:8080"})
+    assert ok, text
+    assert "valid, version" in text and "DISABLED" in text
+    assert (
+        "  - rules[3].route: no enabled channel (disabled: bank_icbc): rule 'large_cards'" in text
+    )

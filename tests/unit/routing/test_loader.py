@@ -206,3 +206,81 @@ def test_readers_always_see_a_whole_version(routing_file: Path, data: dict[str, 
     for t in threads:
         t.join()
     assert seen
+
+
+# ---- the injected channel check, and what runs before a swap ------------------------------
+
+
+def _refuse_bad_urls(name: str, channel: Any) -> list[str]:
+    """A stand-in for the gateway's adapter check: refuses a base_url that is not http(s)."""
+    url = channel.config.get("base_url", "http://")
+    return [] if url.startswith("http") else [f"config.base_url: not an http(s) URL: {url!r}"]
+
+
+def test_the_channel_check_names_each_channel_and_its_line(data: dict[str, Any]) -> None:
+    from routing.loader import RoutingError
+
+    data["channels"]["bank_a"]["config"] = {"base_url": "ftp://bank"}
+    data["channels"]["bank_b"]["config"] = {"base_url": "http://bank"}
+    raw = _dump(data).encode()
+    assert parse_routing(raw, "r.yaml", {}).config  # without the check: valid
+    with pytest.raises(RoutingError) as info:
+        parse_routing(raw, "r.yaml", {}, _refuse_bad_urls)
+    [error] = info.value.errors
+    assert error == "channels.bank_a.config.base_url: not an http(s) URL: 'ftp://bank'"
+    line = raw.decode().splitlines()[(info.value.line_of(error) or 0) - 1]
+    assert line.strip() == "base_url: ftp://bank"
+
+
+def test_the_channel_check_is_reported_beside_the_file_errors(data: dict[str, Any]) -> None:
+    from routing.loader import RoutingError
+
+    data["channels"]["bank_a"]["config"] = {"base_url": "ftp://bank"}
+    data["default"]["route"]["channels"].append("nope")
+    with pytest.raises(RoutingError) as info:
+        parse_routing(_dump(data).encode(), "r.yaml", {}, _refuse_bad_urls)
+    assert info.value.errors == [
+        "default.route.channels: unknown channel 'nope'",
+        "channels.bank_a.config.base_url: not an http(s) URL: 'ftp://bank'",
+    ]
+
+
+def test_the_holder_checks_at_start_and_on_reload(routing_file: Path, data: dict[str, Any]) -> None:
+    from routing.loader import RoutingError
+
+    holder = RoutingHolder(routing_file, {}, check=_refuse_bad_urls)
+    old = holder.current
+    data["channels"]["bank_a"]["config"] = {"base_url": "ftp://bank"}
+    routing_file.write_text(_dump(data))
+    assert holder.reload() is False and holder.current is old
+    assert holder.last_error == "channels.bank_a.config.base_url: not an http(s) URL: 'ftp://bank'"
+    with pytest.raises(RoutingError):
+        RoutingHolder(routing_file, {}, check=_refuse_bad_urls)
+
+
+def test_prepare_runs_before_the_swap_and_may_refuse(
+    routing_file: Path, data: dict[str, Any]
+) -> None:
+    from routing.loader import LoadedRouting, RoutingError
+
+    holder = RoutingHolder(routing_file, {})
+    old = holder.current
+    seen: list[str] = []
+
+    def refuse(new: LoadedRouting) -> None:
+        assert holder.current is old  # not swapped yet
+        seen.append(new.version)
+        raise RoutingError(["channels.bank_a.config: the adapter refused it"])
+
+    data["default"]["description"] = "an edit"
+    routing_file.write_text(_dump(data))
+    assert holder.reload(prepare=refuse) is False
+    assert holder.current is old and holder.stale and holder.reload_failures == 1
+    assert holder.last_error == "channels.bank_a.config: the adapter refused it"
+    # the same content is not prepared again on every poll...
+    assert holder.reload(prepare=refuse) is False and len(seen) == 1
+    # ...but an operator's explicit reload tries it again (a key file may have been fixed)
+    assert holder.reload(force=True, prepare=refuse) is False
+    assert len(seen) == 2 and holder.reload_failures == 2
+    assert holder.reload(force=True, prepare=lambda new: seen.append(new.version)) is True
+    assert holder.current.version == seen[-1] and not holder.stale

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing.engine import PaymentFacts, route
 from routing.loader import RoutingError, load_routing, parse_routing
@@ -236,23 +240,129 @@ def test_hidden_rules_are_refused(data, errors_of, first, second) -> None:  # ty
     assert error.startswith("rules[1]: rule 'two' can never match: rule 'one' (rules[0])")
 
 
-def test_rule_method_no_enabled_channel_of_its_route_serves(data, errors_of) -> None:  # type: ignore[no-untyped-def]
-    data["channels"]["bank_b"]["enabled"] = False
+def test_rule_method_no_channel_of_its_route_serves(data, errors_of) -> None:  # type: ignore[no-untyped-def]
     _rules(
         data,
-        _rule("cards", {"channels": ["alipay_main", "bank_b"]}, {"method": ["card", "alipay_qr"]}),
+        _rule("cards", {"channels": ["alipay_main"]}, {"method": ["card", "alipay_qr"]}),
         _rule("hkd", {"channels": ["bank_a"]}, {"currency": "HKD"}),
     )
     assert errors_of(data) == [
-        "rules[0].when.method: no enabled channel of this rule's route serves 'card'",
-        "rules[1].when.currency: no enabled channel of this rule's route accepts 'HKD'",
+        "rules[0].when.method: no channel of this rule's route serves 'card'",
+        "rules[1].when.currency: no channel of this rule's route accepts 'HKD'",
     ]
 
 
-def test_route_with_every_channel_disabled(data, errors_of) -> None:  # type: ignore[no-untyped-def]
+# ---- enabled: false is always a valid edit (API.md §4) ----------------------------------------
+
+
+def test_disabling_leaves_warnings_where_it_used_to_be_an_error(data, load) -> None:  # type: ignore[no-untyped-def]
+    data["channels"]["bank_b"]["enabled"] = False
+    data["channels"]["unionpay_main"]["enabled"] = False
+    _rules(
+        data,
+        _rule("cards", {"channels": ["alipay_main", "bank_b"]}, {"method": ["card", "alipay_qr"]}),
+        _rule("hkd", {"channels": ["bank_a", "unionpay_main"]}, {"currency": "HKD"}),
+    )
+    warnings = load(data).warnings
+    assert (
+        "rules[0].when.method: no enabled channel of this rule's route serves 'card' "
+        "(disabled: bank_b); such payments get no_route"
+    ) in warnings
+    assert (
+        "rules[1].when.currency: no enabled channel of this rule's route accepts 'HKD' "
+        "(disabled: unionpay_main); such payments get no_route"
+    ) in warnings
+
+
+def test_a_route_with_every_channel_disabled_is_a_warning(data, load) -> None:  # type: ignore[no-untyped-def]
     data["channels"]["wechat_main"]["enabled"] = False
-    _rules(data, _rule("wx", {"channels": ["wechat_main"]}))
-    assert errors_of(data) == ["rules[0].route: no enabled channel in this route"]
+    _rules(data, _rule("wx", {"channels": ["wechat_main"]}, {"method": "wechat_qr"}))
+    assert (
+        "rules[0].route: no enabled channel (disabled: wechat_main): rule 'wx' is passed over, "
+        "the rules below it decide"
+    ) in load(data).warnings
+
+
+def test_a_default_route_with_every_channel_disabled_is_a_warning(data, load) -> None:  # type: ignore[no-untyped-def]
+    data["default"]["route"]["channels"] = ["bank_a"]
+    data["default"]["route"]["fallback"] = ["bank_b"]
+    data["channels"]["bank_a"]["enabled"] = False
+    data["channels"]["bank_b"]["enabled"] = False
+    assert (
+        "default.route: no enabled channel (disabled: bank_a, bank_b): payments no rule takes "
+        "get no_route"
+    ) in load(data).warnings
+
+
+def test_a_catch_all_rule_passed_over_leaves_the_default_in_use(data, load) -> None:  # type: ignore[no-untyped-def]
+    _rules(data, _rule("all", {"channels": ["wechat_main"]}))
+    assert any(w.startswith("default: never used") for w in load(data).warnings)
+    data["channels"]["wechat_main"]["enabled"] = False
+    warnings = load(data).warnings
+    assert not any(w.startswith("default: never used") for w in warnings)
+    assert any(w.startswith("rules[0].route: no enabled channel") for w in warnings)
+
+
+def _shipped_data() -> dict:  # type: ignore[type-arg]
+    data = yaml.safe_load(SHIPPED.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("name", sorted(_shipped_data()["channels"]))
+def test_disabling_any_channel_of_the_shipped_file_is_valid(name: str) -> None:
+    data = _shipped_data()
+    data["channels"][name]["enabled"] = False
+    loaded = parse_routing(yaml.safe_dump(data).encode(), "routing.yaml", ENV)
+    assert not loaded.config.channels[name].enabled
+    assert f"channels.{name}: disabled (skipped by every route)" in loaded.warnings
+
+
+def test_disabling_every_channel_of_the_shipped_file_at_once_is_valid() -> None:
+    data = _shipped_data()
+    for channel in data["channels"].values():
+        channel["enabled"] = False
+    loaded = parse_routing(yaml.safe_dump(data).encode(), "routing.yaml", ENV)
+    passed_over = [w for w in loaded.warnings if ".route: no enabled channel" in w]
+    assert len(passed_over) == len(data["rules"]) + 1  # every rule and the default
+    for method in METHODS:
+        decision = route(loaded, PaymentFacts(method, 1999, "CNY", "m1"), {}, {}, random.Random(0))
+        assert decision.rule == "default" and decision.candidates == []
+        assert not decision.all_circuits_open  # 422 no_route, not 503
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    disabled=st.sets(st.sampled_from(sorted(_shipped_data()["channels"]))),
+    method=st.sampled_from(METHODS),
+    amount=st.integers(1, MAX_AMOUNT),
+)
+def test_any_set_of_disabled_channels_is_valid_and_never_chosen(
+    disabled: set[str], method: str, amount: int
+) -> None:
+    data = _shipped_data()
+    for name in disabled:
+        data["channels"][name]["enabled"] = False
+    loaded = parse_routing(yaml.safe_dump(data).encode(), "routing.yaml", ENV)
+    decision = route(loaded, PaymentFacts(method, amount, "CNY", "m1"), {}, {}, random.Random(0))
+    assert not {c.channel for c in decision.candidates} & disabled
+    if decision.rule_index is not None:  # a rule that decides has an enabled channel
+        assert loaded.config.enabled_channels(loaded.config.rules[decision.rule_index].route)
+
+
+def test_disabling_bank_icbc_sends_large_cards_to_the_next_rule() -> None:
+    data = _shipped_data()
+    data["channels"]["bank_icbc"]["enabled"] = False
+    loaded = parse_routing(yaml.safe_dump(data).encode(), "routing.yaml", ENV)
+    assert (
+        "rules[3].route: no enabled channel (disabled: bank_icbc): rule 'large_cards' is "
+        "passed over, the rules below it decide"
+    ) in loaded.warnings
+    small = route(loaded, PaymentFacts("card", 1999, "CNY", "m1"), {}, {}, random.Random(0))
+    assert small.rule == "cards" and [c.channel for c in small.candidates] == ["bank_cmb"]
+    # above bank_cmb's limit: `cards` decides, and none of its enabled channels fits
+    large = route(loaded, PaymentFacts("card", 6_000_000, "CNY", "m1"), {}, {}, random.Random(0))
+    assert large.rule == "cards" and large.candidates == []
 
 
 def test_adapter_must_serve_the_channel_methods(data, errors_of) -> None:  # type: ignore[no-untyped-def]

@@ -10,12 +10,19 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from gateway.cli.context import load_settings, with_pool
 from gateway.reconcile.matching import Outcome
 
+if TYPE_CHECKING:
+    from gateway.reconcile.service import Progress
+    from gateway.settings import Settings
+    from gateway.store.db import Pool
+    from routing.loader import LoadedRouting
 
-def register(sub: Any) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the two commands to `gateway`'s subparsers."""
     rec = sub.add_parser(
         "reconcile", help="match a channel's daily statement against our payments and refunds"
@@ -39,23 +46,28 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _routing(settings: Settings) -> LoadedRouting:
+    """The routing file as the gateway would load it, or exit 2 with its errors."""
+    from gateway.services.channels import load_routing_file
+    from routing.loader import RoutingError
+
+    try:
+        return load_routing_file(settings)
+    except RoutingError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
     import aiohttp
 
     from adapters.base import AdapterContext
-    from adapters.registry import build_adapter
-    from gateway.app import routing_env
-    from gateway.cli import _settings, _with_pool
+    from adapters.registry import AdapterConfigError, build_adapter
     from gateway.reconcile import service
-    from routing.loader import RoutingError, load_routing
+    from gateway.services.channels import adapter_config
 
-    settings = _settings()
-    try:
-        routing = load_routing(settings.routing_file, routing_env(settings))
-    except RoutingError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    channels = routing.config.channels
+    settings = load_settings()
+    channels = _routing(settings).config.channels
     channel = channels.get(args.channel)
     if channel is None:
         print(
@@ -66,16 +78,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return 2
     # channels on the same adapter may share one merchant account, hence one statement
     siblings = [n for n, c in channels.items() if c.adapter == channel.adapter]
-    progress = _ProgressPrinter(sys.stderr, f"reconcile {args.channel} {args.date}")
+    progress = ProgressPrinter(sys.stderr, f"reconcile {args.channel} {args.date}")
 
-    async def job(pool: Any) -> int:
+    async def job(pool: Pool) -> int:
         async with aiohttp.ClientSession() as http:
             ctx = AdapterContext(http=http, config_dir=str(settings.config_dir))
-            # the channel's timeout_ms is the adapter's budget unless its config sets one
-            config = {"timeout_ms": channel.timeout_ms, **channel.config}
             try:
-                adapter = build_adapter(channel.adapter, args.channel, config, ctx)
-            except Exception as exc:  # the adapter refuses its config or cannot load keys
+                adapter = build_adapter(channel.adapter, args.channel, adapter_config(channel), ctx)
+            except AdapterConfigError as exc:  # validated with the file, but keys can change
                 print(f"gateway: channel {args.channel}: {exc}", file=sys.stderr)
                 return 2
             try:
@@ -103,7 +113,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"gateway: cannot write {args.csv}: {exc}", file=sys.stderr)
         return 2
     try:
-        result: int = asyncio.run(_with_pool(settings, job))
+        result = asyncio.run(with_pool(settings, job))
     finally:
         if csv_out is not None:
             csv_out.close()
@@ -113,22 +123,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_settlement(args: argparse.Namespace) -> int:
-    from gateway.app import routing_env
-    from gateway.cli import _settings, _with_pool
     from gateway.reconcile import service
-    from routing.loader import RoutingError, load_routing
 
-    settings = _settings()
-    try:
-        routing = load_routing(settings.routing_file, routing_env(settings))
-    except RoutingError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
+    routing = _routing(settings)
 
-    async def job(pool: Any) -> dict[str, Any]:
+    async def job(pool: Pool) -> dict[str, Any]:
         return await service.settlement_summary(pool, args.date, routing)
 
-    summary = asyncio.run(_with_pool(settings, job))
+    summary = asyncio.run(with_pool(settings, job))
     print(json.dumps(summary, indent=2) if args.json else format_settlement(summary))
     return 0
 
@@ -198,7 +201,7 @@ def format_settlement(summary: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-class _ProgressPrinter:
+class ProgressPrinter:
     """Progress on stderr for long runs: nothing during the first second; then a line that
     rewrites itself on a terminal, or a line every 10 s otherwise."""
 
@@ -210,7 +213,7 @@ class _ProgressPrinter:
         self.shown = False
         self.tty = stream.isatty()
 
-    def __call__(self, progress: Any) -> None:
+    def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self.started < 1.0 and not (progress.done and self.shown):
             return

@@ -1,0 +1,35 @@
+"""The `gateway` command line (API.md §4): `main` and its parser. Each command group is a module
+of this package with a `register(subparsers)` — `serve` (serve, demo, simulators), `migrate`,
+`merchant`, `routes`, `reconcile` (reconcile, settlement) — and what they share is in
+`gateway.cli.context`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from gateway.cli import merchant, migrate, reconcile, routes, serve
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Payment gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve.register(sub)
+    migrate.register(sub)
+    merchant.register(sub)
+    routes.register(sub)
+    reconcile.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from gateway import logs
+
+    args = build_parser().parse_args(argv)
+    # logs go to stderr from the first line on: stdout is for --json and other answers
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+    result: int = args.fn(args)
+    return result
