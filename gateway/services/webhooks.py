@@ -70,8 +70,8 @@ class WebhookService:
         queued = None
         if status is DeliveryStatus.FAILED:  # not one under way (delivering -> pending too)
             queued = await store.queue_failed_delivery(self.pool, delivery_id)
-        if queued is None:
+        if queued is None:  # named as the merchant sees it: one under way is pending
             raise InvalidState(
-                f"Only failed deliveries can be retried (this one is {status.value})."
+                f"Only failed deliveries can be retried (this one is {status.public.value})."
             )
         return queued
