@@ -61,4 +61,4 @@ async def test_settlement_needs_a_date_and_the_token(admin_gateway: Gateway) -> 
     status, body = await get(admin_gateway, "/admin/settlement?date=yesterday")
     assert (status, body["code"]) == (400, "invalid_request")
     status, body = await get(admin_gateway, "/admin/settlement?date=2026-01-01", token="wrong")
-    assert (status, body["code"]) == (401, "unauthorized")
+    assert (status, body["code"]) == (401, "unauthenticated")
