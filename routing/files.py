@@ -177,10 +177,10 @@ class FileHolder(Generic[V]):
 
     `load(path)` reads and parses the file and `parse(raw, path)` parses bytes already read
     (construction parses what it read, and calls `load` only for the error of a file it could
-    not read); both raise `RulesFileError` (or a subclass). Construction loads the file and raises if it
-    is missing or invalid (refuse to start). Readers take `holder.current` once per decision;
-    `reload()` replaces that reference in one assignment, so a decision always sees one whole
-    version.
+    not read); both raise `RulesFileError` (or a subclass). Construction loads the file and
+    raises if it is missing or invalid (refuse to start). Readers take `holder.current` once
+    per decision; `reload()` replaces that reference in one assignment, so a decision always
+    sees one whole version.
     """
 
     def __init__(

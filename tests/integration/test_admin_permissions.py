@@ -13,7 +13,13 @@ import pytest
 
 from gateway.api.admin import ROUTES
 from gateway.domain.permissions import RESERVED, Permission, Role, least_role
-from tests.admin_support import ADMIN_TOKEN, admin_call, tokens_by_role
+from tests.admin_support import (
+    ADMIN_TOKEN,
+    TEST_ACTOR,
+    admin_call,
+    operator_service,
+    tokens_by_role,
+)
 from tests.fixtures import Gateway, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -57,8 +63,7 @@ def test_the_table_and_the_application_serve_the_same_admin_routes(gateway: Gate
 
 
 async def test_every_endpoint_against_every_role(gateway: Gateway, database_url: str) -> None:
-    tokens = tokens_by_role(database_url)
-    by_role = await tokens
+    by_role = await tokens_by_role(database_url)
     checked = 0
     for route in ROUTES:
         path = concrete(route.path)
@@ -83,8 +88,6 @@ async def test_every_endpoint_against_every_role(gateway: Gateway, database_url:
 async def test_unknown_malformed_and_revoked_tokens_are_unauthenticated(
     gateway: Gateway, database_url: str
 ) -> None:
-    from tests.admin_support import TEST_ACTOR, operator_service
-
     async for service in operator_service(database_url):
         issued = await service.create_token("revoked soon", Role.ADMIN, TEST_ACTOR)
         assert (await admin_call(gateway, "GET", "/admin/audit", token=issued.token)).status == 200

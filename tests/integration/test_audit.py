@@ -142,7 +142,9 @@ async def test_two_processes_writing_at_once_keep_one_chain(pool: Pool, database
 
 
 async def test_two_gateway_processes_auditing_at_once_keep_one_chain(
-    start: Start, http: aiohttp.ClientSession, database_url: str
+    start: Start,  # noqa: F811 - the e2e fixture imported above
+    http: aiohttp.ClientSession,  # noqa: F811
+    database_url: str,
 ) -> None:
     """Two `gateway serve` processes: each audits the files it starts with, then both take
     operators' changes at the same moment."""

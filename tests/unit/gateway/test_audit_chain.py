@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_a_whole_chain_verifies_and_names_its_last_entry() -> None:
     assert report.whole and report.entries == 5
     assert (report.last_id, report.last_hash) == (5, entries[-1].hash)
     assert entries[0].prev_hash == GENESIS_HASH
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert verify_chain([]).whole
 
 

@@ -25,7 +25,7 @@ def test_roles_are_ordered_viewer_support_finance_admin() -> None:
 
 def test_every_permission_has_exactly_one_least_role() -> None:
     assert set(PERMISSIONS) == set(Permission)
-    assert RESERVED <= set(Permission)
+    assert set(Permission) >= RESERVED
 
 
 @pytest.mark.parametrize("permission", list(Permission), ids=str)
