@@ -78,6 +78,16 @@ CREATE INDEX audit_log_actor ON audit_log (actor, id);
 CREATE INDEX audit_log_action ON audit_log (action, id);
 CREATE INDEX audit_log_target ON audit_log (target, id);
 
+-- A delivery's attempts in order, as JSON (`GET /admin/deliveries`, `GET /admin/payments/{id}`).
+CREATE FUNCTION callback_attempt_log(delivery text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'attempted_at', a.attempted_at, 'status_code', a.status_code,
+               'latency_ms', a.latency_ms, 'error', a.error,
+               'response_body', a.response_body) ORDER BY a.id), '[]'::jsonb)
+      FROM callback_attempts a WHERE a.delivery_id = delivery
+$$;
+
 -- Append-only whoever asks, the table's owner included (a superuser can still disable the
 -- trigger: the hash chain is what shows it was done).
 CREATE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -32,13 +32,7 @@ SELECT * FROM refunds WHERE payment_id = $1 ORDER BY created_at, id;
 -- name: admin_payment_deliveries
 -- The deliveries of payment $1's events (those of its refunds included), oldest first, each
 -- with its event's type and its attempts.
-SELECT d.*, e.type AS event_type,
-       COALESCE((SELECT jsonb_agg(jsonb_build_object(
-                    'attempted_at', a.attempted_at, 'status_code', a.status_code,
-                    'latency_ms', a.latency_ms, 'error', a.error,
-                    'response_body', a.response_body) ORDER BY a.id)
-                   FROM callback_attempts a WHERE a.delivery_id = d.id), '[]'::jsonb)
-       AS attempt_log
+SELECT d.*, e.type AS event_type, callback_attempt_log(d.id) AS attempt_log
   FROM events e JOIN callback_deliveries d ON d.event_id = e.id
  WHERE e.payment_id = $1
  ORDER BY d.created_at, d.id;
@@ -47,13 +41,7 @@ SELECT d.*, e.type AS event_type,
 -- Every merchant's deliveries, newest first, each with its event's type and attempts. Filters
 -- (NULL: any): status $1 (`pending` includes the ones being attempted now), merchant $2, event
 -- $3; $4 how many; $5 the last delivery id of the previous page.
-SELECT d.*, e.type AS event_type,
-       COALESCE((SELECT jsonb_agg(jsonb_build_object(
-                    'attempted_at', a.attempted_at, 'status_code', a.status_code,
-                    'latency_ms', a.latency_ms, 'error', a.error,
-                    'response_body', a.response_body) ORDER BY a.id)
-                   FROM callback_attempts a WHERE a.delivery_id = d.id), '[]'::jsonb)
-       AS attempt_log
+SELECT d.*, e.type AS event_type, callback_attempt_log(d.id) AS attempt_log
   FROM callback_deliveries d JOIN events e ON e.id = d.event_id
  WHERE ($1::text IS NULL OR d.status = $1
         OR ($1 = 'pending' AND d.status = 'delivering'))

@@ -10,6 +10,7 @@ from gateway.api.problems import STATUS, error_response, status_of
 from gateway.domain import errors
 from gateway.domain.errors import TITLES, GatewayError
 from gateway.services.merchants import MerchantError
+from gateway.services.operators import OperatorError
 
 
 def _kinds(base: type[GatewayError]) -> set[type[GatewayError]]:
@@ -40,6 +41,7 @@ EXAMPLES: list[tuple[GatewayError, int, str]] = [
     (errors.ChannelUnavailable("down", retry_after_s=30), 503, "channel_unavailable"),
     (errors.ServiceUnavailable("db away", retry_after_s=2), 503, "service_unavailable"),
     (MerchantError("no merchant mch_1"), 400, "invalid_request"),
+    (OperatorError("no operator a@b.example"), 400, "invalid_request"),
 ]
 
 

@@ -1,7 +1,10 @@
 """The one permission table: roles include the ones before them, every permission has a role,
-and each role holds exactly what API.md §4.1 gives it."""
+each role holds exactly what API.md §4.1 gives it, and the schema allows exactly the roles."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,8 @@ from gateway.domain.permissions import (
     least_role,
     permissions_of,
 )
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "gateway/store/migrations"
 
 
 def test_roles_are_ordered_viewer_support_finance_admin() -> None:
@@ -59,3 +64,11 @@ def test_the_next_issue_finds_its_permissions_reserved() -> None:
     assert {Permission.MERCHANTS_REVIEW, Permission.REFUNDS_APPROVE} <= RESERVED
     assert least_role(Permission.REFUNDS_APPROVE) is Role.FINANCE
     assert least_role(Permission.MERCHANTS_REVIEW) is Role.ADMIN
+
+
+def test_the_schema_allows_exactly_the_roles() -> None:
+    sql = (MIGRATIONS / "0009_operators_audit.sql").read_text()
+    checks = re.findall(r"CONSTRAINT (\w+)\s+CHECK \(role IN \(([^)]*)\)\)", sql)
+    assert [name for name, _ in checks] == ["operators_role_check", "operator_tokens_role_check"]
+    for _, values in checks:
+        assert re.findall(r"'([^']*)'", values) == [r.value for r in Role]
