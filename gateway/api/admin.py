@@ -1,5 +1,5 @@
-"""The operators' API (`/admin/…`, JSON): payments, merchants, deliveries, reconciliation runs,
-channels, routing, settlement and the audit log (API.md §4.1).
+"""The operators' API (`/admin/…`, JSON): payments, refunds, merchants, deliveries,
+reconciliation runs, channels, routing, settlement and the audit log (API.md §4.1).
 
 Every endpoint is one row of `ROUTES` and names its permission (`gateway.domain.permissions`,
 the one table of who may do what). Each request is authenticated first — `Authorization:
@@ -39,7 +39,7 @@ from gateway.domain.errors import Forbidden, InvalidRequest, Unauthenticated
 from gateway.domain.models import EmptyRequest, rfc3339
 from gateway.domain.permissions import Permission, least_role
 from gateway.domain.records import KeyType
-from gateway.domain.states import DeliveryStatus, PaymentStatus, RunStatus
+from gateway.domain.states import DeliveryStatus, PaymentStatus, RefundStatus, RunStatus
 from gateway.reconcile.service import settlement_summary
 from gateway.services import audit
 from gateway.services.admin import Page
@@ -209,6 +209,18 @@ async def list_payments(r: AdminRequest) -> web.Response:
 async def get_payment(r: AdminRequest) -> web.Response:
     r.query()
     return json_response(await r.svc.admin.payment_detail(r.match("id")))
+
+
+async def list_refunds(r: AdminRequest) -> web.Response:
+    query = r.query(PAGING | {"status", "merchant_id", "payment_id"})
+    page = await r.svc.admin.list_refunds(
+        status=_enum(query, "status", RefundStatus),
+        merchant_id=query.get("merchant_id"),
+        payment_id=query.get("payment_id"),
+        limit=_limit(query),
+        starting_after=query.get("starting_after"),
+    )
+    return _list(page, admin_views.refund_view)
 
 
 # ---- deliveries -----------------------------------------------------------------------------
@@ -408,6 +420,7 @@ P = Permission
 ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("GET", "/admin/payments", P.PAYMENTS_READ, list_payments),
     AdminRoute("GET", "/admin/payments/{id}", P.PAYMENTS_READ, get_payment),
+    AdminRoute("GET", "/admin/refunds", P.REFUNDS_READ, list_refunds),
     AdminRoute("GET", "/admin/deliveries", P.DELIVERIES_READ, list_deliveries),
     AdminRoute("POST", "/admin/deliveries/{id}/retry", P.DELIVERIES_RETRY, retry_delivery),
     AdminRoute("GET", "/admin/merchants", P.MERCHANTS_READ, list_merchants),

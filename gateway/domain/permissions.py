@@ -87,9 +87,8 @@ PERMISSIONS: Mapping[Permission, Role] = MappingProxyType(
 
 RESERVED: frozenset[Permission] = frozenset(
     {
-        Permission.REFUNDS_READ,  # the refunds list (today: inside GET /admin/payments/{id})
-        Permission.PAYMENTS_SYNC,
-        Permission.PAYMENTS_CLOSE,
+        Permission.PAYMENTS_SYNC,  # re-query and close: their audit entry belongs in the
+        Permission.PAYMENTS_CLOSE,  # payment's own transaction (gateway/services/payments.py)
         Permission.REFUNDS_APPROVE,  # refund approval (issue 15)
         Permission.RECONCILIATION_RUN,  # `gateway reconcile` is the command line's today
         Permission.MERCHANTS_REVIEW,  # merchant applications and status changes (issue 15)

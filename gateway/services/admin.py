@@ -1,6 +1,6 @@
 """What operators read and do across merchants, behind `/admin/…` (and the console): payments
-with everything that happened to them, merchants without their secrets and their keys, every
-merchant's deliveries and their retry, reconciliation runs and their discrepancies, a
+with everything that happened to them, refunds, merchants without their secrets and their
+keys, every merchant's deliveries and their retry, reconciliation runs and their discrepancies, a
 channel's circuit reset and a routing reload. Each change is audited: in its own transaction
 where it is a database change, else (Redis, the rules file) in a transaction opened around
 it, so that a change that fails leaves no entry. A routing reload is the exception: the
@@ -26,8 +26,9 @@ from gateway.domain.records import (
     QueuedDelivery,
     ReconciliationLine,
     ReconciliationRun,
+    Refund,
 )
-from gateway.domain.states import DeliveryStatus, PaymentStatus, RunStatus
+from gateway.domain.states import DeliveryStatus, PaymentStatus, RefundStatus, RunStatus
 from gateway.services import audit, merchants
 from gateway.services.audit import Actor
 from gateway.services.channels import ChannelRegistry
@@ -105,6 +106,25 @@ class AdminService:
                 await store.payment_deliveries(conn, payment_id),
                 await store.payment_refunds(conn, payment_id),
             )
+
+    async def list_refunds(
+        self,
+        *,
+        status: RefundStatus | None,
+        merchant_id: str | None,
+        payment_id: str | None,
+        limit: int,
+        starting_after: str | None,
+    ) -> Page[Refund]:
+        found = await store.list_refunds(
+            self.pool,
+            status=status,
+            merchant_id=merchant_id,
+            payment_id=payment_id,
+            limit=limit + 1,
+            starting_after=starting_after,
+        )
+        return Page.of(found, limit)
 
     # ---- deliveries -------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What operators read across merchants: payments with their attempts, events, deliveries and
-refunds; merchants without their secrets; every merchant's deliveries; reconciliation runs and
-their discrepancies. Statements: `sql/admin.sql`."""
+refunds; refunds; merchants without their secrets; every merchant's deliveries; reconciliation
+runs and their discrepancies. Statements: `sql/admin.sql`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gateway.domain.records import (
     Refund,
     WebhookEndpoint,
 )
-from gateway.domain.states import DeliveryStatus, PaymentStatus, RunStatus
+from gateway.domain.states import DeliveryStatus, PaymentStatus, RefundStatus, RunStatus
 from gateway.store import rows
 from gateway.store.db import Connection, Executor
 from gateway.store.queries import query
@@ -29,6 +29,7 @@ _PAYMENT_ATTEMPTS = query("admin_payment_attempts")
 _PAYMENT_EVENTS = query("admin_payment_events")
 _PAYMENT_REFUNDS = query("admin_payment_refunds")
 _PAYMENT_DELIVERIES = query("admin_payment_deliveries")
+_LIST_REFUNDS = query("admin_list_refunds")
 _LIST_DELIVERIES = query("admin_list_deliveries")
 _DELIVERY = query("admin_delivery")
 _LIST_MERCHANTS = query("admin_list_merchants")
@@ -83,6 +84,26 @@ async def payment_events(db: Executor, payment_id: str) -> list[Event]:
 
 async def payment_refunds(db: Executor, payment_id: str) -> list[Refund]:
     return [rows.refund(r) for r in await db.fetch(_PAYMENT_REFUNDS, payment_id)]
+
+
+async def list_refunds(
+    db: Executor,
+    *,
+    status: RefundStatus | None,
+    merchant_id: str | None,
+    payment_id: str | None,
+    limit: int,
+    starting_after: str | None,
+) -> list[Refund]:
+    found = await db.fetch(
+        _LIST_REFUNDS,
+        None if status is None else status.value,
+        merchant_id,
+        payment_id,
+        limit,
+        starting_after,
+    )
+    return [rows.refund(r) for r in found]
 
 
 async def payment_deliveries(db: Executor, payment_id: str) -> list[Delivery]:

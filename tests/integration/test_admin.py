@@ -1,5 +1,5 @@
 """The operators' API (`/admin/…`): payments across merchants (filters, pages, everything that
-happened to one), merchants without secrets and their keys rotated and revoked, every
+happened to one), refunds, merchants without secrets and their keys rotated and revoked, every
 merchant's deliveries and their retry, reconciliation runs and their discrepancies, settlement,
 the audit log and its filters, and the audit entries of routing and risk files."""
 
@@ -118,6 +118,12 @@ async def test_one_payment_with_everything_that_happened_to_it(
     delivery = next(d for d in detail["deliveries"] if d["event_type"] == "payment.succeeded")
     assert delivery["url"] == receiver.url and delivery["attempt_log"]
     assert [r["merchant_refund_id"] for r in detail["refunds"]] == ["r1"]
+    _, refunds = await get(gw, f"/admin/refunds?payment_id={payment['id']}")
+    assert [(r["id"], r["merchant_id"]) for r in refunds["data"]] == [
+        (refund.json["id"], creds.merchant_id)
+    ]
+    _, failed = await get(gw, f"/admin/refunds?merchant_id={creds.merchant_id}&status=failed")
+    assert failed == {"data": [], "has_more": False}
     status, missing = await get(gw, "/admin/payments/pay_missing")
     assert (status, missing["code"]) == (404, "not_found")
 

@@ -29,6 +29,18 @@ SELECT * FROM events WHERE payment_id = $1 ORDER BY created_at, id;
 -- name: admin_payment_refunds
 SELECT * FROM refunds WHERE payment_id = $1 ORDER BY created_at, id;
 
+-- name: admin_list_refunds
+-- Every merchant's refunds, newest first. Filters (NULL: any): status $1, merchant $2, payment
+-- $3; $4 how many; $5 the last refund id of the previous page.
+SELECT * FROM refunds r
+ WHERE ($1::text IS NULL OR r.status = $1)
+   AND ($2::text IS NULL OR r.merchant_id = $2)
+   AND ($3::text IS NULL OR r.payment_id = $3)
+   AND ($5::text IS NULL OR (r.created_at, r.id) < (
+            SELECT c.created_at, c.id FROM refunds c WHERE c.id = $5))
+ ORDER BY r.created_at DESC, r.id DESC
+ LIMIT $4;
+
 -- name: admin_payment_deliveries
 -- The deliveries of payment $1's events (those of its refunds included), oldest first, each
 -- with its event's type and its attempts.
