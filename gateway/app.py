@@ -1,6 +1,7 @@
 """The application factory: settings -> pools (the schema checked, or migrated when
-`migrate_on_start`) -> routing and channels -> services -> routes -> background tasks (the
-dispatcher, the status sync, the routing and risk file polls, SIGHUP)."""
+`migrate_on_start`) -> routing and channels (the files loaded, or refused, audited) -> services
+-> routes -> background tasks (the dispatcher, the status sync, the routing and risk file polls
+and their audit entries, the purges, SIGHUP)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
@@ -27,6 +29,7 @@ from gateway.channel_health import ChannelHealthStore
 from gateway.http_client import channel_session
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
+from gateway.services import audit
 from gateway.services.callbacks import CallbackDispatcher
 from gateway.services.channels import ChannelRegistry, routing_holder
 from gateway.services.payments import PaymentService
@@ -35,6 +38,7 @@ from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
 from gateway.store.db import Pool, create_pool, migrate, require_current_schema
+from routing.files import RulesFileError
 
 log = structlog.get_logger("app")
 
@@ -92,14 +96,18 @@ def _lifecycle(
             box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
             if box is None:
                 log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
-            holder = routing_holder(settings)
-            channels = ChannelRegistry(
-                holder,
-                AdapterContext(http=http, config_dir=str(settings.config_dir)),
-                ChannelHealthStore(redis, settings.redis_prefix),
-            )
+            async with _audit_refusal(pool, "routing", settings.routing_file):
+                holder = routing_holder(settings)
+                channels = ChannelRegistry(
+                    holder,
+                    AdapterContext(http=http, config_dir=str(settings.config_dir)),
+                    ChannelHealthStore(redis, settings.redis_prefix),
+                )
             resources.push_async_callback(channels.aclose)
-            risk = RiskEngine(RiskHolder(settings.risk_file), redis, settings.redis_prefix)
+            async with _audit_refusal(pool, "risk", settings.risk_file):
+                risk_holder = RiskHolder(settings.risk_file)
+            risk = RiskEngine(risk_holder, redis, settings.redis_prefix)
+            await audit.record_files_started(pool, [channels.file_watch, risk.file_watch])
             payments = PaymentService(
                 pool,
                 channels,
@@ -142,9 +150,11 @@ def _lifecycle(
                 refunds=refunds,
                 sync=sync,
                 dispatcher=dispatcher,
+                risk=risk,
+                box=box,
             )
             if settings.background:
-                await resources.enter_async_context(_background(settings, app[SERVICES], risk))
+                await resources.enter_async_context(_background(settings, app[SERVICES]))
             log.info(
                 "gateway_started",
                 public_url=settings.effective_public_url,
@@ -157,14 +167,29 @@ def _lifecycle(
 
 
 @contextlib.asynccontextmanager
-async def _background(settings: Settings, svc: Services, risk: RiskEngine) -> AsyncIterator[None]:
+async def _audit_refusal(pool: Pool, kind: str, path: Path) -> AsyncIterator[None]:
+    """Audit a rules file the gateway refuses to start with, then let the refusal through."""
+    try:
+        yield
+    except RulesFileError as exc:
+        try:
+            await audit.record_refused_at_start(pool, kind, str(path), str(exc))
+        except Exception:  # the refusal is what the operator needs to see
+            log.exception("audit_refusal_failed", kind=kind)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _background(settings: Settings, svc: Services) -> AsyncIterator[None]:
     """The background workers of this process, and SIGHUP; stopped on the way out."""
     stop = asyncio.Event()
+    risk = svc.risk
     jobs = {
         "callback-dispatcher": svc.dispatcher.run(stop),
         "status-sync": svc.sync.run(stop),
-        "routing": _every(settings.routing_poll_s, stop, _poll(svc.channels, risk)),
+        "routing": _every(settings.routing_poll_s, stop, _poll(svc)),
         "idempotency-purge": _every(300, stop, _purge_idempotency(svc.pool)),
+        "sign-in-purge": _every(300, stop, svc.operators.purge_sign_in_failures),
     }
     tasks = [asyncio.create_task(job, name=name) for name, job in jobs.items()]
     loop = asyncio.get_running_loop()
@@ -184,12 +209,14 @@ async def _background(settings: Settings, svc: Services, risk: RiskEngine) -> As
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _poll(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Awaitable[None]]:
-    """The periodic job: re-read the routing and risk files if they changed."""
+def _poll(svc: Services) -> Callable[[], Awaitable[None]]:
+    """The periodic job: re-read the routing and risk files if they changed; audit what was
+    loaded or refused since the last run (SIGHUP's reloads included)."""
 
     async def run() -> None:
-        risk.reload()
-        channels.poll()
+        svc.risk.reload()
+        svc.channels.poll()
+        await audit.flush_file_events(svc.pool, svc.file_watches)
 
     return run
 

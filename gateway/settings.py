@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
 DEFAULT_SYNC_SCHEDULE = (10, 30, 60, 300, 900, 1800, 3600)
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 def _parse_schedule(value: object) -> object:
@@ -34,7 +35,11 @@ def _parse_schedule(value: object) -> object:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file="gateway.env", extra="ignore", frozen=True
+        env_prefix="GATEWAY_",
+        env_file="gateway.env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a refused value may be a secret (GATEWAY_ADMIN_TOKEN)
     )
 
     database_url: str | None = None
@@ -55,6 +60,8 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     """32 random bytes, URL-safe base64: encrypts merchants' secrets at rest."""
     admin_token: SecretStr | None = None
+    """A bearer token for `/admin/…` with the `admin` role (the `admin-token` identity): 32
+    characters at least (`openssl rand -hex 32`)."""
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = tuple(
         float(x) for x in DEFAULT_WEBHOOK_RETRY_SCHEDULE
     )
@@ -89,6 +96,16 @@ class Settings(BaseSettings):
     connections between them)."""
     background: bool = True
     """Run the background workers (callback dispatcher, routing reload) in this process."""
+    session_idle_s: float = Field(1800.0, gt=0)
+    """A console session unused this long ends."""
+    session_max_s: float = Field(43200.0, gt=0)
+    """A console session ends this long after its sign-in, however busy."""
+    sign_in_max_failures: int = Field(5, ge=1)
+    """Failed sign-ins to one account (known or not) that lock it for `sign_in_lockout_s`."""
+    sign_in_address_max_failures: int = Field(20, ge=1)
+    """Failed sign-ins from one source address that lock it out for `sign_in_lockout_s`."""
+    sign_in_lockout_s: float = Field(900.0, gt=0)
+    """How long a lock-out lasts, and the window failures are counted in."""
     migrate_on_start: bool = False
     """Apply the pending migrations when the gateway starts (under the migration lock, so
     several processes starting together apply each once). Off: a gateway whose database lacks
@@ -98,6 +115,17 @@ class Settings(BaseSettings):
     _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
         _parse_schedule
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            # the message names the rule, never the value
+            raise ValueError(
+                f"GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
     @property
     def effective_public_url(self) -> str:

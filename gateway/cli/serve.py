@@ -88,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Simulators on, embedded databases when no URLs are set, a demo merchant, then serve."""
     from gateway.auth.signature import KeyType
     from gateway.services import merchants
+    from gateway.services.audit import cli_actor
     from gateway.store.db import Pool
 
     settings = load_settings(simulators=True, migrate_on_start=True)
@@ -97,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         async def create(pool: Pool) -> dict[str, Any]:
             issued, webhook_secret = await merchants.create_merchant(
-                pool, box, "Demo shop", KeyType.HMAC_SHA256, None
+                pool, box, "Demo shop", KeyType.HMAC_SHA256, None, audit_as=cli_actor()
             )
             return {**issued.as_dict(), "webhook_secret": webhook_secret}
 

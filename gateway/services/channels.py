@@ -8,7 +8,8 @@ files loaded) — `channel_check` is the check `routing` is given, on exactly th
 the adapter is built from (`adapter_config`). A reload then builds the adapters of new and
 changed channels BEFORE the new rules are swapped in: any error refuses the whole file, and the
 rules and adapters in force keep serving. A replaced adapter is closed once the calls that may
-still hold it are over (`RETIRED_ADAPTER_MARGIN_S` past its own per-call budget).
+still hold it are over (`RETIRED_ADAPTER_MARGIN_S` past its own per-call budget). Each load
+and refusal is noted in `file_watch`, for the audit log.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from adapters.base import AdapterContext, ChannelAdapter
 from adapters.registry import AdapterConfigError, build_adapter, check_config
 from gateway import metrics
 from gateway.channel_health import ChannelHealthStore
+from gateway.domain.audit import FileWatch
 from gateway.settings import Settings
 from routing.engine import PaymentFacts, RouteDecision, route
 from routing.health import HEALTHY, BreakerState, ChannelHealth, SuccessStats, effective_state
@@ -140,6 +142,8 @@ class ChannelRegistry:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
         self._shown_version: str | None = None
+        self.file_watch = FileWatch("routing", holder)
+        """What this process loads and refuses, for the audit log."""
         self._install(self._build_changed(holder.current))
         self._show_version()
 
@@ -167,6 +171,7 @@ class ChannelRegistry:
 
         failures = self.holder.reload_failures
         changed = self.holder.reload(force=force, prepare=prepare)
+        self.file_watch.poll()
         if changed:
             self._install(staged)
             self._show_version()

@@ -23,7 +23,7 @@ from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "test-admin-token-processes-0123"
+ADMIN_TOKEN = "test-admin-token-processes-0123456"
 
 
 @dataclass
