@@ -72,6 +72,10 @@ def build_adapter(
     except ValidationError as exc:
         raise AdapterConfigError(_config_errors(exc)) from None
     except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc.__cause__, ValidationError):
+            # an adapter that wraps its validation error: the wrapper's text carries the
+            # offending input values, which may be secrets
+            raise AdapterConfigError(_config_errors(exc.__cause__)) from None
         raise AdapterConfigError([f"(config): {exc}"]) from None
 
 
