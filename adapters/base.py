@@ -1,8 +1,10 @@
 """The one interface every channel adapter implements, and the result type every call returns.
 
-The gateway depends on this module only; each channel package (`adapters.bank`,
-`adapters.wechat`, ...) implements `ChannelAdapter` in its `adapter.py` and plays the channel in
-its `simulator.py`, sharing the wire protocol in `protocol.py`.
+The gateway depends on this module, `adapters.registry` (which builds adapters and simulators)
+and `adapters.simkit` (to mount simulators) only. Each channel package (`adapters.bank`,
+`adapters.wechat`, ...) implements `ChannelAdapter` in its `adapter.py` on the adapter kernel
+(`adapters.kernel`: the one call policy and the rule on unknown outcomes), plays the channel in
+its `simulator.py`, and shares the wire protocol between the two in `protocol.py`.
 
 Amounts are always integers in minor units (fen for CNY). A protocol that carries yuan strings
 converts exactly (see `adapters.money`), never through floats.
@@ -16,7 +18,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -70,12 +71,26 @@ class ChannelResult:
     next_action: NextAction | None = None
     amount: int | None = None
     """The amount the channel reports, in minor units, when it reports one."""
+    currency: str | None = None
+    """The currency the channel reports (ISO 4217), when it reports one. A SUCCEEDED result for
+    a payment or a refund must carry `amount` and `currency`: the gateway refuses (and alerts on)
+    a success whose amount or currency is missing or differs from its own."""
     paid_at: datetime | None = None
+    order_may_exist: bool = False
+    """With SYSTEM_ERROR + FAILOVER on a create: the channel's own answer (WeChat SYSTEM_ERROR,
+    Alipay 20000 …) leaves open whether it created the order, though the payer never got a way
+    to pay it. The gateway fails over and closes this order at the channel (best effort,
+    retried by the status sync), never leaves it open."""
+    watch_until: datetime | None = None
+    """On a close that the channel cannot carry out (UnionPay has no close of an unpaid QR
+    order; an Alipay QR code nobody scanned has no trade to close): SUCCEEDED, and the order
+    stays payable at the channel until this moment. The gateway closes the payment and keeps
+    querying the order until then; a payment in that time is a late payment."""
+    needs_operator: bool = False
+    """Money may have moved, but the channel reports neither success nor failure (WeChat
+    REFUND.ABNORMAL, UnionPay origRespCode 42/45): never mapped to FAILED. The outcome is
+    WAITING; the gateway records it for an operator and keeps the payment or refund open."""
     raw: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_final(self) -> bool:
-        return self.outcome in (Outcome.SUCCEEDED, Outcome.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,10 @@ class Notification:
     channel_order_id: str
     result: ChannelResult
     channel_refund_id: str | None = None
+    notification_id: str | None = None
+    """The channel's own id of this notification (WeChat's `id`, Alipay's `notify_id`), where
+    the protocol has one: the gateway applies each id once. Notifications older than the
+    channel's own window are refused by the adapter where the protocol carries a timestamp."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,17 +166,6 @@ class StatementLine:
     occurred_at: datetime | None = None
 
 
-def check_base_url(value: str) -> str:
-    """A channel's API root: an absolute http(s) URL without query or fragment, no trailing
-    slash. Every adapter's config validates `base_url` with it."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("base_url must be an absolute http(s) URL")
-    if parts.query or parts.fragment:
-        raise ValueError("base_url must not carry a query or a fragment")
-    return value.rstrip("/")
-
-
 class StatementUnavailable(RuntimeError):
     """The channel did not deliver the statement (not ready, refused, unreachable, or a file
     that failed its checks). Reconciliation handles it the same way for every channel."""
@@ -169,8 +177,10 @@ class NotificationRejected(Exception):
 
 
 class ResponseVerificationError(Exception):
-    """A channel response carried a missing or bad signature. Treated as UNKNOWN by callers
-    for calls that may have acted, since we cannot trust what it says."""
+    """A statement file whose signature (or signed hash) did not verify, or whose lines
+    contradict its own totals: `download_statement` raises it, and nothing it holds is used.
+    (An API answer that cannot be trusted is not an exception: it makes the call UNKNOWN, see
+    `adapters.kernel`.)"""
 
 
 @dataclass(frozen=True, slots=True)

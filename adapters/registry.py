@@ -1,11 +1,13 @@
 """Finds a channel's adapter and simulator by adapter name (`bank`, `wechat`, ...).
 
-Each channel package provides `adapter.build(name, config, ctx) -> ChannelAdapter` and
-`simulator.build_app(settings) -> aiohttp.web.Application`.
+Each channel package provides, in `adapter.py`, `CONFIG_MODEL` (its config model, a
+`adapters.kernel.config.ChannelConfig`), `load_keys(config, config_dir)` (reads and checks every
+key and certificate file the config names) and `build(name, config, ctx) -> ChannelAdapter`;
+and, in `simulator.py`, `build_app(settings) -> aiohttp.web.Application`.
 
-`check_config` validates a channel's `config:` mapping as the routing file gives it, key files
-included (they must exist and load), without building anything that talks to the network;
-`build_adapter` builds the adapter. Both raise `AdapterConfigError`, whose `errors` are
+`check_config` validates a channel's `config:` mapping as the routing file gives it and loads
+its key files (they must exist and load), without building an adapter or touching an HTTP
+session; `build_adapter` builds the adapter. Both raise `AdapterConfigError`, whose `errors` are
 ``field: problem`` messages (never key material), so that a routing file with one bad channel
 is refused whole (API.md §4).
 """
@@ -13,19 +15,25 @@ is refused whole (API.md §4).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, cast
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.base import AdapterContext, ChannelAdapter
+from adapters.kernel.config import ChannelConfig, ConfigFieldError
 from adapters.simkit import SimulatorSettings
 
 ADAPTERS: tuple[str, ...] = ("bank", "wechat", "alipay", "unionpay")
 
 
 class _AdapterModule(Protocol):
+    CONFIG_MODEL: type[ChannelConfig]
+
+    def load_keys(self, config: Any, config_dir: str) -> object: ...
+
     def build(
         self, name: str, config: Mapping[str, Any], ctx: AdapterContext
     ) -> ChannelAdapter: ...
@@ -49,7 +57,7 @@ class AdapterConfigError(ValueError):
         super().__init__("; ".join(self.errors))
 
 
-def _config_errors(exc: ValidationError) -> list[str]:
+def _validation_errors(exc: ValidationError) -> list[str]:
     found: list[str] = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"]) or "(config)"
@@ -60,30 +68,40 @@ def _config_errors(exc: ValidationError) -> list[str]:
     return found
 
 
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """Whatever refuses a config, as AdapterConfigError."""
+    try:
+        yield
+    except AdapterConfigError:
+        raise
+    except ValidationError as exc:
+        raise AdapterConfigError(_validation_errors(exc)) from None
+    except ConfigFieldError as exc:
+        raise AdapterConfigError([str(exc)]) from None
+    except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc.__cause__, ValidationError):
+            # an adapter that wraps its validation error: the wrapper's text carries the
+            # offending input values, which may be secrets
+            raise AdapterConfigError(_validation_errors(exc.__cause__)) from None
+        raise AdapterConfigError([f"(config): {exc}"]) from None
+
+
 def build_adapter(
     adapter: str, name: str, config: Mapping[str, Any], ctx: AdapterContext
 ) -> ChannelAdapter:
     """Validate the config, load its keys and build the adapter. Raises AdapterConfigError."""
     module = cast(_AdapterModule, _module(adapter, "adapter"))
-    try:
+    with _config_errors():
         return module.build(name, config, ctx)
-    except AdapterConfigError:
-        raise
-    except ValidationError as exc:
-        raise AdapterConfigError(_config_errors(exc)) from None
-    except (OSError, ValueError, TypeError) as exc:
-        if isinstance(exc.__cause__, ValidationError):
-            # an adapter that wraps its validation error: the wrapper's text carries the
-            # offending input values, which may be secrets
-            raise AdapterConfigError(_config_errors(exc.__cause__)) from None
-        raise AdapterConfigError([f"(config): {exc}"]) from None
 
 
 def check_config(adapter: str, config: Mapping[str, Any], config_dir: str) -> None:
-    """Validate a channel's config and load its key files, talking to nobody. Raises
-    AdapterConfigError. (Builds the adapter without an HTTP session: building never sends.)"""
-    ctx = AdapterContext(http=cast(Any, None), config_dir=config_dir)
-    build_adapter(adapter, "(check)", config, ctx)
+    """Validate a channel's config and load its key files, building nothing and talking to
+    nobody. Raises AdapterConfigError."""
+    module = cast(_AdapterModule, _module(adapter, "adapter"))
+    with _config_errors():
+        module.load_keys(module.CONFIG_MODEL.model_validate(dict(config)), config_dir)
 
 
 def build_simulator(adapter: str, settings: SimulatorSettings) -> web.Application:

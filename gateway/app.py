@@ -122,7 +122,6 @@ def _lifecycle(
             dispatcher = CallbackDispatcher(
                 pool,
                 box,
-                http,
                 schedule=settings.webhook_retry_schedule,
                 allow_private=settings.callback_allow_private,
                 timeout_s=settings.callback_timeout_s,

@@ -57,7 +57,7 @@ def bind_job() -> str:
     return request_id
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: object) -> object:
     if isinstance(value, str):
         return _SECRET_VALUE.sub(REDACTED, value)
     if isinstance(value, dict):

@@ -2,21 +2,20 @@
 
 Calls go to `<base_url>/gateway.do` as signed form posts (RSA2 with the application's private
 key) and every response is verified against Alipay's public key over the exact response-node
-text; notifications are verified the same way (see `adapters.alipay.protocol`).
+text; notifications are verified the same way (see `adapters.alipay.protocol`). Each attempt is
+handed to the adapter kernel (`adapters.kernel`: one deadline of `timeout_ms`, `max_attempts`
+attempts, the retry and unknown-outcome rules), which is told what it needs of Alipay by
+`protocol.RULES`:
 
-Retries (tenacity, exponential backoff with jitter, at most `max_attempts` attempts and never
-beyond `timeout_ms` in total): connection errors, timeouts, HTTP 5xx and "service unavailable"
-answers (20000, ACQ.SYSTEM_ERROR, 40005) are retried on calls that are safe to repeat:
-
-- query, close, refund query and the statement URL query (they change nothing, or closing
-  twice is harmless);
-- precreate, because Alipay makes it idempotent by `out_trade_no`: a repeat with the same
-  amount and subject returns the same `qr_code` (a different one is ACQ.CONTEXT_INCONSISTENT).
-  A 20000 / ACQ.SYSTEM_ERROR *answer* to a precreate is not retried but failed over at once:
-  nothing was created, and the QR code of a half-made pre-order was never shown to anyone;
-- refund, because Alipay makes it idempotent by `out_request_no` (its own guidance after a
-  timeout or a system error is to call again with the same `out_request_no`; a repeat that
-  moves no money answers `fund_change=N`, which we confirm with a refund query).
+- every call is safe to repeat (precreate is idempotent by `out_trade_no`, a refund by
+  `out_request_no`; a repeat refund that moves no money answers `fund_change=N`, which we
+  confirm with a refund query), so timeouts and dropped connections are tried again within
+  the budget;
+- "service unavailable" answers (20000, ACQ.SYSTEM_ERROR, 40005) are busy answers, asked
+  again on calls on an existing trade; a precreate answered so fails over at once (nothing
+  was created, and the QR code of a half-made pre-order was never shown to anyone);
+- Alipay answers everything that reached it with HTTP 200, so another status is the front
+  door's, before anything was done (`RULES.errors_before_processing`).
 
 Outcomes: precreate gives WAITING with `next_action` `{"type": "qr_code", "url": qr_code}`;
 a refusal is FAILED + FINAL (or SYSTEM_ERROR + FAILOVER for errors that mean this channel's
@@ -28,27 +27,16 @@ UNKNOWN with channel_code `INVALID_SIGNATURE`, and logged.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import tempfile
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import aiohttp
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from pydantic import Field
 
+from adapters.alipay import bill
 from adapters.alipay import protocol as p
 from adapters.base import (
     Ack,
@@ -64,207 +52,117 @@ from adapters.base import (
     Outcome,
     StatementLine,
     StatementUnavailable,
-    check_base_url,
 )
+from adapters.kernel import transport
+from adapters.kernel.calls import Answer, Busy, Call, Exchanged, Kernel, RetryPolicy
+from adapters.kernel.config import ChannelConfig, SigningKeys, signing_keys
+from adapters.kernel.transport import AttemptFailed, Failure
 from adapters.money import fen_to_yuan
 
 log = structlog.get_logger("adapters.alipay")
 
 SUBJECT_MAX = 256
 REASON_MAX = 256
-ZIP_SPOOL_BYTES = 16 * 1024 * 1024
+_MAX_ANSWER_BYTES = 1 << 20
+_SPOOL_MEMORY_BYTES = 16 * 1024 * 1024
 
 
-class AlipayConfig(BaseModel):
-    """The channel's `config:` mapping in the routing file."""
+class AlipayConfig(ChannelConfig):
+    """The channel's `config:` mapping in the routing file (and the settings every channel
+    shares, `ChannelConfig`). `base_url` is where `gateway.do` lives:
+    `https://openapi.alipay.com` for the real channel, `${GATEWAY_PUBLIC_URL}/sim/alipay` for
+    the simulator."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str = Field(min_length=1)
-    """Where `gateway.do` lives: `https://openapi.alipay.com` for the real channel,
-    `${GATEWAY_PUBLIC_URL}/sim/alipay` for the simulator."""
     app_id: str = Field(min_length=1, max_length=32)
     app_private_key_path: str = Field(min_length=1)
     """The application's RSA private key (PEM, or the bare base64 Alipay's key tool writes)."""
     alipay_public_key_path: str = Field(min_length=1)
     """Alipay's public key as the open platform shows it (PEM or bare base64)."""
-    timeout_ms: int = Field(default=5000, ge=50, le=120_000)
-    """Total budget of one call, retries included."""
-    max_attempts: int = Field(default=2, ge=1, le=5)
-    statement_timeout_ms: int = Field(default=60_000, ge=100, le=600_000)
-    """Budget for downloading one statement file."""
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_base_url(value)
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What one API call came to: a verified response node, or how it failed."""
-
-    node: dict[str, Any] | None = None
-    failure: str | None = None
-    """CONNECT_ERROR | HTTP_ERROR | TIMEOUT | CONNECTION_DROPPED | BAD_RESPONSE |
-    INVALID_SIGNATURE"""
-    maybe_acted: bool = True
-    """False when no attempt can have reached Alipay's business logic."""
-    detail: str = ""
+CONFIG_MODEL = AlipayConfig
 
 
-class _Transient(Exception):
-    def __init__(self, failure: str, detail: str, maybe_acted: bool) -> None:
-        super().__init__(f"{failure}: {detail}")
-        self.failure = failure
-        self.detail = detail
-        self.maybe_acted = maybe_acted
-
-
-class _RetryableAnswer(Exception):
-    def __init__(self, answer: _Answer) -> None:
-        super().__init__("retryable answer")
-        self.answer = answer
-
-
-def _read_key(config_dir: str, path: str) -> bytes:
-    resolved = Path(path)
-    if not resolved.is_absolute():
-        resolved = Path(config_dir) / resolved
-    return resolved.read_bytes()
+def load_keys(config: AlipayConfig, config_dir: str) -> SigningKeys:
+    """The application's private key and Alipay's public key. Raises ConfigFieldError."""
+    return signing_keys(
+        config_dir,
+        ("app_private_key_path", config.app_private_key_path),
+        ("alipay_public_key_path", config.alipay_public_key_path),
+    )
 
 
 class AlipayAdapter(ChannelAdapter):
     adapter = "alipay"
 
-    def __init__(self, name: str, config: AlipayConfig, ctx: AdapterContext) -> None:
+    def __init__(
+        self, name: str, config: AlipayConfig, ctx: AdapterContext, keys: SigningKeys
+    ) -> None:
         super().__init__(name)
         self.config = config
         self._http = ctx.http
         self._gateway = config.base_url + p.GATEWAY_PATH
-        self._app_key = p.load_private_key(_read_key(ctx.config_dir, config.app_private_key_path))
-        self._alipay_key = p.load_public_key(
-            _read_key(ctx.config_dir, config.alipay_public_key_path)
-        )
-        self._budget = config.timeout_ms / 1000
+        self._app_key = keys.own
+        self._alipay_key = keys.channel
+        self._kernel = Kernel(name, p.RULES, RetryPolicy.of(config))
 
     # ---- transport ----------------------------------------------------------------------
     async def _request(
-        self,
-        call: p.ApiCall,
-        biz: Mapping[str, Any],
-        *,
-        notify_url: str | None = None,
-        retry_answers: bool = True,
-    ) -> _Answer:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget
-        maybe_acted = False
+        self, api: p.ApiCall, biz: Mapping[str, Any], *, notify_url: str | None = None
+    ) -> Exchanged[dict[str, Any]]:
+        """One API method through the kernel: its verified response node, or its failure."""
 
-        async def attempt() -> _Answer:
-            nonlocal maybe_acted
-            remaining = deadline - loop.time()
-            if remaining <= 0.01:
-                raise _Transient("TIMEOUT", "deadline reached before sending", False)
+        async def attempt(timeout_s: float) -> Answer[dict[str, Any]] | Busy[dict[str, Any]]:
             params = p.sign_request(
-                p.build_request(self.config.app_id, call.value, biz, datetime.now(UTC), notify_url),
+                p.build_request(self.config.app_id, api.value, biz, datetime.now(UTC), notify_url),
                 self._app_key,
             )
+            reply = await transport.send(
+                self._http,
+                "POST",
+                self._gateway,
+                data=params,
+                timeout_s=timeout_s,
+                max_bytes=_MAX_ANSWER_BYTES,
+            )
+            if reply.status != 200:
+                raise self._kernel.unsigned(reply.status)
             try:
-                async with self._http.post(
-                    self._gateway,
-                    data=params,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
-                    allow_redirects=False,
-                ) as resp:
-                    status = resp.status
-                    body = await resp.read()
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                # nothing was sent: refused, unreachable, or the connection never opened
-                raise _Transient("CONNECT_ERROR", str(exc), False) from None
-            except TimeoutError:
-                maybe_acted = True
-                raise _Transient("TIMEOUT", f"no answer within {remaining:.3f}s", True) from None
-            except aiohttp.ClientError as exc:
-                maybe_acted = True
-                raise _Transient("CONNECTION_DROPPED", repr(exc), True) from None
-            if status >= 500:
-                raise _Transient("HTTP_ERROR", f"HTTP {status}", False)
-            if status != 200:
-                return _Answer(failure="HTTP_ERROR", detail=f"HTTP {status}", maybe_acted=False)
-            try:
-                envelope = p.extract_response(body.decode("utf-8"), call.value)
+                envelope = p.extract_response(reply.body.decode("utf-8"), api.value)
             except (UnicodeDecodeError, ValueError) as exc:
-                log.warning("alipay_bad_response", method=call.value, error=str(exc))
-                return _Answer(failure="BAD_RESPONSE", detail=str(exc))
+                log.warning("alipay_bad_response", method=api.value, error=str(exc))
+                raise AttemptFailed(Failure.BAD_ANSWER, str(exc)) from None
             if not envelope.verify(self._alipay_key):
                 log.warning(
                     "alipay_response_signature_invalid",
                     channel=self.name,
-                    method=call.value,
+                    method=api.value,
                     node=envelope.name,
                     signed=envelope.sign is not None,
                 )
-                return _Answer(failure=p.INVALID_SIGNATURE, detail="response signature invalid")
-            answer = _Answer(node=envelope.node)
-            if retry_answers and p.is_retryable_answer(envelope.node):
-                raise _RetryableAnswer(answer)
-            return answer
+                raise AttemptFailed(Failure.BAD_SIGNATURE, "response signature invalid")
+            if p.is_retryable_answer(envelope.node):
+                return Busy(envelope.node)
+            return Answer(envelope.node)
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.info(
-                "alipay_call_retry",
-                channel=self.name,
-                method=call.value,
-                attempt=state.attempt_number,
-                reason=str(exc),
-            )
+        return await self._kernel.exchange(api.call, attempt)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_attempts) | stop_after_delay(self._budget),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-            retry=retry_if_exception_type((_Transient, _RetryableAnswer)),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+    def _result(self, api: p.ApiCall, exchanged: Exchanged[dict[str, Any]]) -> ChannelResult:
+        return self._kernel.result(api.call, exchanged, lambda node: self._read(api, node))
+
+    @staticmethod
+    def _read(api: p.ApiCall, node: Mapping[str, Any]) -> ChannelResult:
         try:
-            answer: _Answer = await retrying(attempt)
-        except _Transient as exc:
-            return _Answer(failure=exc.failure, detail=exc.detail, maybe_acted=maybe_acted)
-        except _RetryableAnswer as exc:
-            return exc.answer
-        if answer.node is None and maybe_acted and not answer.maybe_acted:
-            # an earlier attempt may have reached Alipay before this one failed differently
-            answer = replace(answer, maybe_acted=True)
-        return answer
-
-    def _result(self, call: p.ApiCall, answer: _Answer) -> ChannelResult:
-        if answer.node is not None:
-            try:
-                return p.map_response(call, answer.node)
-            except ValueError as exc:
-                log.warning("alipay_bad_response", method=call.value, error=str(exc))
-                return ChannelResult(
-                    outcome=Outcome.UNKNOWN,
-                    decision=Decision.RETRY,
-                    channel_code="BAD_RESPONSE",
-                    channel_message=str(exc),
-                    raw=answer.node,
-                )
-        failure = answer.failure or "BAD_RESPONSE"
-        if failure == p.INVALID_SIGNATURE or answer.maybe_acted:
-            # a bad signature is untrusted whatever it says: the order may exist
-            outcome, decision = Outcome.UNKNOWN, Decision.RETRY
-        elif call is p.ApiCall.PRECREATE:
-            outcome, decision = Outcome.SYSTEM_ERROR, Decision.FAILOVER
-        elif call in (p.ApiCall.CLOSE, p.ApiCall.REFUND):
-            outcome, decision = Outcome.SYSTEM_ERROR, Decision.RETRY
-        else:
-            outcome, decision = Outcome.UNKNOWN, Decision.RETRY
-        return ChannelResult(
-            outcome=outcome, decision=decision, channel_code=failure, channel_message=answer.detail
-        )
+            return p.map_response(api, node)
+        except ValueError as exc:
+            log.warning("alipay_bad_response", method=api.value, error=str(exc))
+            return ChannelResult(
+                outcome=Outcome.UNKNOWN,
+                decision=Decision.RETRY,
+                channel_code="BAD_RESPONSE",
+                channel_message=str(exc),
+                raw=node,
+            )
 
     # ---- payments -----------------------------------------------------------------------
     async def create_payment(self, req: CreatePayment) -> ChannelResult:
@@ -283,13 +181,11 @@ class AlipayAdapter(ChannelAdapter):
             "product_code": p.PRODUCT_CODE_F2F,
             "time_expire": p.format_time(req.expires_at),
         }
-        answer = await self._request(
-            p.ApiCall.PRECREATE, biz, notify_url=req.notify_url, retry_answers=False
-        )
-        result = self._result(p.ApiCall.PRECREATE, answer)
+        exchanged = await self._request(p.ApiCall.PRECREATE, biz, notify_url=req.notify_url)
+        result = self._result(p.ApiCall.PRECREATE, exchanged)
         if result.channel_code == p.SUB_TRADE_HAS_SUCCESS:
             return await self.query_payment(req.channel_order_id)  # paid already: say so
-        node = answer.node or {}
+        node = exchanged.answer or {}
         if result.outcome is Outcome.WAITING and node.get("out_trade_no") not in (
             None,
             req.channel_order_id,
@@ -312,12 +208,12 @@ class AlipayAdapter(ChannelAdapter):
         return result
 
     async def query_payment(self, channel_order_id: str) -> ChannelResult:
-        answer = await self._request(p.ApiCall.QUERY, {"out_trade_no": channel_order_id})
-        return self._result(p.ApiCall.QUERY, answer)
+        exchanged = await self._request(p.ApiCall.QUERY, {"out_trade_no": channel_order_id})
+        return self._result(p.ApiCall.QUERY, exchanged)
 
     async def close_payment(self, channel_order_id: str) -> ChannelResult:
-        answer = await self._request(p.ApiCall.CLOSE, {"out_trade_no": channel_order_id})
-        result = self._result(p.ApiCall.CLOSE, answer)
+        exchanged = await self._request(p.ApiCall.CLOSE, {"out_trade_no": channel_order_id})
+        result = self._result(p.ApiCall.CLOSE, exchanged)
         if result.outcome is Outcome.FAILED and result.channel_code == p.SUB_TRADE_STATUS_ERROR:
             # closed already (a repeat of a close that worked) or paid: ask which
             query = await self.query_payment(channel_order_id)
@@ -346,8 +242,7 @@ class AlipayAdapter(ChannelAdapter):
         }
         if req.reason:
             biz["refund_reason"] = req.reason[:REASON_MAX]
-        answer = await self._request(p.ApiCall.REFUND, biz)
-        result = self._result(p.ApiCall.REFUND, answer)
+        result = self._result(p.ApiCall.REFUND, await self._request(p.ApiCall.REFUND, biz))
         if result.outcome is Outcome.WAITING:
             # fund_change=N: this request moved no money; the refund query tells whether an
             # earlier one with the same out_request_no did
@@ -370,8 +265,9 @@ class AlipayAdapter(ChannelAdapter):
             "out_request_no": channel_refund_id,
             "query_options": ["gmt_refund_pay"],
         }
-        answer = await self._request(p.ApiCall.REFUND_QUERY, biz)
-        return self._result(p.ApiCall.REFUND_QUERY, answer)
+        return self._result(
+            p.ApiCall.REFUND_QUERY, await self._request(p.ApiCall.REFUND_QUERY, biz)
+        )
 
     # ---- notifications ------------------------------------------------------------------
     def parse_notification(self, request: IncomingRequest) -> Notification:
@@ -413,67 +309,69 @@ class AlipayAdapter(ChannelAdapter):
     # ---- statements ---------------------------------------------------------------------
     async def download_statement(self, day: date) -> AsyncIterator[StatementLine]:
         """The day's trade bill (China date, as Alipay cuts its bills). The bill URL is asked
-        for with `alipay.data.dataservice.bill.downloadurl.query`; the file is streamed. A zip
-        (the real channel) is spooled to a temporary file and its detail CSV read line by
-        line; a plain CSV (the simulator) is read line by line as it arrives. Raises
-        StatementUnavailable."""
-        answer = await self._request(
-            p.ApiCall.BILL_URL_QUERY, {"bill_type": p.BILL_TYPE_TRADE, "bill_date": day.isoformat()}
+        for with `alipay.data.dataservice.bill.downloadurl.query`; the file is spooled (in
+        memory up to 16 MiB, then on disk) and read line by line: the detail CSV of a zip (the
+        real channel) or a plain CSV (the simulator). Raises StatementUnavailable."""
+        exchanged = await self._request(
+            p.ApiCall.BILL_URL_QUERY,
+            {"bill_type": bill.BILL_TYPE_TRADE, "bill_date": day.isoformat()},
         )
-        node = answer.node
-        if node is None:
-            raise StatementUnavailable(f"{answer.failure}: {answer.detail}")
+        if exchanged.failure is not None:
+            raise StatementUnavailable(self._kernel.describe(exchanged.failure))
+        node = exchanged.answer or {}
         if node.get("code") != p.CODE_SUCCESS or not isinstance(node.get("bill_download_url"), str):
             raise StatementUnavailable(
                 f"{node.get('sub_code') or node.get('code')}: {node.get('sub_msg') or ''}"
             )
-        url: str = node["bill_download_url"]
-        parser = p.BillParser()
-        timeout = aiohttp.ClientTimeout(
-            total=self.config.statement_timeout_ms / 1000, sock_read=self._budget
-        )
-        async with self._http.get(url, timeout=timeout) as resp:
-            if resp.status != 200:
-                raise StatementUnavailable(f"bill download answered HTTP {resp.status}")
-            first = await resp.content.readany()
-            if first.startswith(b"PK\x03\x04") or resp.content_type in (
-                "application/zip",
-                "application/x-zip-compressed",
-            ):
-                with tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES) as spool:
-                    spool.write(first)
-                    async for chunk in resp.content.iter_chunked(64 * 1024):
-                        spool.write(chunk)
-                    spool.seek(0)
-                    for text in p.iter_zip_bill_lines(spool):
-                        line = parser.feed(text)
-                        if line is not None:
-                            yield line
-                return
-            decoder = codecs.getincrementaldecoder(resp.charset or p.BILL_ENCODING)()
-            async for raw in _byte_lines(first, resp.content):
-                line = parser.feed(decoder.decode(raw))
+        spool, charset = await self._download(node["bill_download_url"])
+        with spool:
+            parser = bill.BillParser()
+            for text in _bill_lines(spool, charset):
+                line = parser.feed(text)
                 if line is not None:
                     yield line
-            parser.feed(decoder.decode(b"", final=True))
+
+    async def _download(self, url: str) -> tuple[IO[bytes], str]:
+        """The bill file (an unsigned GET of the short-lived URL), and its charset."""
+
+        async def attempt(timeout_s: float) -> Answer[tuple[IO[bytes], str]]:
+            spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES)  # noqa: SIM115 - handed to the caller
+            try:
+                async with transport.request(self._http, "GET", url, timeout_s=timeout_s) as resp:
+                    if resp.status != 200:
+                        raise StatementUnavailable(f"bill download answered HTTP {resp.status}")
+                    charset = resp.charset or bill.BILL_ENCODING
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        spool.write(chunk)
+            except BaseException:
+                spool.close()
+                raise
+            spool.seek(0)
+            return Answer((spool, charset))
+
+        exchanged = await self._kernel.exchange(
+            Call.STATEMENT, attempt, budget_s=self.config.statement_timeout_ms / 1000
+        )
+        if exchanged.failure is not None:
+            raise StatementUnavailable(self._kernel.describe(exchanged.failure))
+        assert exchanged.answer is not None
+        return exchanged.answer
 
 
-async def _byte_lines(first: bytes, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Lines (with their `\\n`) from a first chunk and the rest of a stream. Safe for GBK and
-    UTF-8: neither uses the byte 0x0A inside a multi-byte character."""
-    buffer = first
-    while True:
-        while (cut := buffer.find(b"\n")) >= 0:
-            yield buffer[: cut + 1]
-            buffer = buffer[cut + 1 :]
-        chunk = await stream.readany()
-        if not chunk:
-            break
-        buffer += chunk
-    if buffer:
-        yield buffer
+def _bill_lines(spool: IO[bytes], charset: str) -> Iterator[str]:
+    """The text lines of a downloaded bill: the detail CSV of a zip, or the file itself."""
+    if spool.read(4) == b"PK\x03\x04":
+        spool.seek(0)
+        yield from bill.iter_zip_bill_lines(spool)
+        return
+    spool.seek(0)
+    decoder = codecs.getincrementaldecoder(charset)()
+    for raw in spool:  # split at b"\n": neither GBK nor UTF-8 uses it inside a character
+        yield decoder.decode(raw)
+    yield decoder.decode(b"", final=True)
 
 
 def build(name: str, config: Mapping[str, Any], ctx: AdapterContext) -> ChannelAdapter:
     """Validate the channel's `config:` and load its keys (once)."""
-    return AlipayAdapter(name, AlipayConfig.model_validate(dict(config)), ctx)
+    cfg = AlipayConfig.model_validate(dict(config))
+    return AlipayAdapter(name, cfg, ctx, load_keys(cfg, ctx.config_dir))

@@ -24,8 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from adapters.devkeys import write_rsa_pair
 
 README = """\
 DEVELOPMENT KEYS ONLY - never use these outside development and tests.
@@ -37,28 +36,6 @@ and the Alipay public key shown by the Alipay open platform.
 """
 
 
-def write_pair(directory: Path, stem: str, force: bool) -> None:
-    private_path = directory / f"{stem}_private_key.pem"
-    public_path = directory / f"{stem}_public_key.pem"
-    if private_path.exists() and not force:
-        print(f"kept {private_path} (use --force to replace)")
-        return
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    print(f"wrote {private_path} and {public_path}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dir", default="config/keys/alipay", type=Path)
@@ -67,7 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     directory: Path = args.dir
     directory.mkdir(parents=True, exist_ok=True)
     for stem in ("app", "alipay"):
-        write_pair(directory, stem, args.force)
+        write_rsa_pair(
+            directory / f"{stem}_private_key.pem",
+            directory / f"{stem}_public_key.pem",
+            force=args.force,
+        )
     (directory / "README.md").write_text(README)
 
 

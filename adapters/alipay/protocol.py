@@ -39,7 +39,7 @@ What the real channel does
 - **Statements**: `alipay.data.dataservice.bill.downloadurl.query` (`bill_type=trade`,
   `bill_date`) returns a short-lived `bill_download_url`; the file is a zip of GBK CSVs whose
   detail file has `#` comment lines before and after a table of the day's trades and refunds.
-  `BillParser` reads that table line by line; `iter_zip_bill_lines` opens the real zip.
+  `adapters.alipay.bill` reads that table line by line.
 
 Amounts travel as yuan strings with two decimals and are converted exactly with
 `adapters.money` (never floats).
@@ -47,24 +47,20 @@ Amounts travel as yuan strings with two decimals and are converted exactly with
 
 from __future__ import annotations
 
-import base64
 import codecs
-import csv
 import enum
-import io
 import json
 import re
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import IO, Any, ClassVar
+from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+# Names imported "as" themselves are re-exported: the flow and SDK suites
+# (tests/integration/adapters) read them through this module.
 from adapters.base import (
     ChannelResult,
     Decision,
@@ -73,10 +69,15 @@ from adapters.base import (
     NotificationKind,
     NotificationRejected,
     Outcome,
-    StatementKind,
-    StatementLine,
 )
-from adapters.money import fen_to_yuan, yuan_to_fen
+from adapters.chinatime import CHINA_TZ
+from adapters.chinatime import china_date as china_date
+from adapters.kernel.calls import Call, ChannelRules
+from adapters.kernel.crypto import load_private_key as load_private_key
+from adapters.kernel.crypto import load_public_key as load_public_key
+from adapters.kernel.crypto import rsa_sign, rsa_verify
+from adapters.kernel.transport import Failure
+from adapters.money import yuan_to_fen
 
 # ---- constants ---------------------------------------------------------------------------
 
@@ -88,9 +89,8 @@ SIGN_TYPE = "RSA2"
 VERSION = "1.0"
 FORMAT = "JSON"
 
-CHINA_TZ = timezone(timedelta(hours=8), "CST")
-"""Alipay's clock: every timestamp on the wire is China Standard Time, without an offset."""
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""Alipay's clock: every timestamp on the wire is China time (`CHINA_TZ`), without an offset."""
 
 PRECREATE = "alipay.trade.precreate"
 QUERY = "alipay.trade.query"
@@ -274,60 +274,14 @@ def is_retryable_answer(node: Mapping[str, Any]) -> bool:
 # ---- keys and signatures -----------------------------------------------------------------
 
 
-def _pem_or_base64(data: bytes, label: str) -> bytes:
-    """Keys come as PEM files, or as the bare base64 the Alipay console shows (wrapped here)."""
-    text = data.strip()
-    if text.startswith(b"-----BEGIN"):
-        return text
-    body = b"".join(text.split())
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return b"\n".join(
-        [f"-----BEGIN {label}-----".encode(), *lines, f"-----END {label}-----".encode()]
-    )
-
-
-def load_private_key(data: bytes) -> rsa.RSAPrivateKey:
-    """An RSA private key from PEM (PKCS#8 or PKCS#1) or bare base64 PKCS#8 / PKCS#1."""
-    for label in ("PRIVATE KEY", "RSA PRIVATE KEY"):
-        try:
-            key = serialization.load_pem_private_key(_pem_or_base64(data, label), password=None)
-        except (ValueError, TypeError):
-            continue
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("the application private key must be an RSA key")
-        return key
-    raise ValueError("not an RSA private key in PEM or base64 form")
-
-
-def load_public_key(data: bytes) -> rsa.RSAPublicKey:
-    """An RSA public key from PEM (SubjectPublicKeyInfo or PKCS#1) or bare base64."""
-    for label in ("PUBLIC KEY", "RSA PUBLIC KEY"):
-        try:
-            key = serialization.load_pem_public_key(_pem_or_base64(data, label))
-        except (ValueError, TypeError):
-            continue
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise ValueError("the Alipay public key must be an RSA key")
-        return key
-    raise ValueError("not an RSA public key in PEM or base64 form")
-
-
 def sign(content: str, key: rsa.RSAPrivateKey) -> str:
-    """RSA2: base64 of SHA256withRSA (PKCS#1 v1.5) over the UTF-8 bytes of `content`."""
-    raw = key.sign(content.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(raw).decode("ascii")
+    """RSA2 over the UTF-8 bytes of `content` (the kernel's SHA256withRSA). Content first, as
+    the SDKs' `sign(content)` and the suites that pin it against them."""
+    return rsa_sign(key, content.encode("utf-8"))
 
 
 def verify(content: str, signature: str, key: rsa.RSAPublicKey) -> bool:
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except (ValueError, TypeError):
-        return False
-    try:
-        key.verify(raw, content.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return rsa_verify(key, content.encode("utf-8"), signature)
 
 
 def _join_sorted(params: Mapping[str, str], exclude: frozenset[str]) -> str:
@@ -398,10 +352,6 @@ def parse_time(text: str) -> datetime:
             raise ValueError(f"bad fraction of a second in {text!r}")
         moment = moment.replace(microsecond=int(frac.ljust(6, "0")))
     return moment
-
-
-def china_date(moment: datetime) -> date:
-    return moment.astimezone(CHINA_TZ).date()
 
 
 # ---- requests and responses --------------------------------------------------------------
@@ -533,6 +483,45 @@ class ApiCall(enum.StrEnum):
     REFUND = REFUND
     REFUND_QUERY = REFUND_QUERY
     BILL_URL_QUERY = BILL_URL_QUERY
+
+    @property
+    def call(self) -> Call:
+        """The interface's call this method serves."""
+        return _CALLS[self]
+
+
+_CALLS: Mapping[ApiCall, Call] = {
+    ApiCall.PRECREATE: Call.CREATE,
+    ApiCall.QUERY: Call.QUERY,
+    ApiCall.CLOSE: Call.CLOSE,
+    ApiCall.REFUND: Call.REFUND,
+    ApiCall.REFUND_QUERY: Call.REFUND_QUERY,
+    ApiCall.BILL_URL_QUERY: Call.STATEMENT,
+}
+
+RULES = ChannelRules(
+    # Every call is safe to repeat: precreate is idempotent by out_trade_no (a repeat with the
+    # same amount and subject returns the same qr_code; another is ACQ.CONTEXT_INCONSISTENT);
+    # a refund by out_request_no (Alipay's own guidance after a timeout or a system error is to
+    # call again with the same out_request_no); closing twice is harmless; queries change
+    # nothing.
+    repeatable=frozenset(Call),
+    failure_codes={
+        Failure.NOT_SENT: "CONNECT_ERROR",
+        Failure.HTTP_REFUSED: "HTTP_ERROR",
+        Failure.HTTP_UNAVAILABLE: "HTTP_ERROR",
+        Failure.TIMEOUT: "TIMEOUT",
+        Failure.DROPPED: "CONNECTION_DROPPED",
+        Failure.HTTP_ERROR: "HTTP_ERROR",
+        Failure.BAD_SIGNATURE: INVALID_SIGNATURE,
+        Failure.BAD_ANSWER: "BAD_RESPONSE",
+    },
+    # gateway.do answers every call that reached the open platform with HTTP 200 and a JSON
+    # envelope, errors included ("HTTP status is 200 for all of them", above): another status
+    # comes from in front of the platform, before anything was done.
+    errors_before_processing=True,
+)
+"""What the adapter kernel asks of this channel."""
 
 
 def amount_of(node: Mapping[str, Any], name: str) -> int | None:
@@ -783,169 +772,3 @@ def notification_from_fields(fields: Mapping[str, str]) -> Notification:
     except ValueError as exc:
         raise NotificationRejected(f"malformed notification: {exc}") from None
     return Notification(kind=NotificationKind.PAYMENT, channel_order_id=out_trade_no, result=result)
-
-
-# ---- statements (bills) ------------------------------------------------------------------
-
-BILL_TYPE_TRADE = "trade"
-BILL_TITLE = "#支付宝业务明细查询"
-_RULE = "-" * 41
-BILL_LIST_START = f"#{_RULE}业务明细列表{_RULE}"
-BILL_LIST_END = f"#{_RULE}业务明细列表结束{_RULE}"
-BILL_COLUMNS: tuple[str, ...] = (
-    "支付宝交易号",
-    "商户订单号",
-    "业务类型",
-    "商品名称",
-    "创建时间",
-    "完成时间",
-    "门店编号",
-    "门店名称",
-    "操作员",
-    "终端号",
-    "对方账户",
-    "订单金额（元）",
-    "商家实收（元）",
-    "支付宝红包（元）",
-    "集分宝（元）",
-    "支付宝优惠（元）",
-    "商家优惠（元）",
-    "券核销金额（元）",
-    "券名称",
-    "商家红包消费金额（元）",
-    "卡消费金额（元）",
-    "退款批次号/请求号",
-    "服务费（元）",
-    "分润（元）",
-    "备注",
-)
-"""The columns of the trade bill's detail file (业务明细)."""
-BIZ_TYPE_TRADE = "交易"
-BIZ_TYPE_REFUND = "退款"
-BILL_ENCODING = "gbk"
-
-
-def bill_row(values: Sequence[str]) -> str:
-    """One CSV line as Alipay writes it: every value followed by a tab (so spreadsheets keep
-    long numbers as text), comma separated, quoted only where a value needs it."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow([f"{v}\t" for v in values])
-    return out.getvalue()
-
-
-def signed_yuan(fen: int) -> str:
-    return ("-" if fen < 0 else "") + fen_to_yuan(abs(fen))
-
-
-def _signed_fen(text: str) -> int:
-    text = text.strip()
-    negative = text.startswith("-")
-    value = yuan_to_fen(text.lstrip("+-"))
-    return -value if negative else value
-
-
-class BillParser:
-    """Reads the detail CSV of a trade bill one line at a time (`feed`), so a statement is
-    never held whole. Column positions come from the header line, matched by name prefix
-    (the real file writes full-width parentheses, `订单金额（元）`)."""
-
-    _WANTED: ClassVar[dict[str, str]] = {
-        "trade_no": "支付宝交易号",
-        "out_trade_no": "商户订单号",
-        "biz_type": "业务类型",
-        "finished": "完成时间",
-        "order_amount": "订单金额",
-        "received": "商家实收",
-        "refund_no": "退款批次号",
-        "fee": "服务费",
-    }
-
-    def __init__(self) -> None:
-        self._columns: dict[str, int] | None = None
-        self.done = False
-        self.rows = 0
-
-    def feed(self, line: str) -> StatementLine | None:
-        text = line.strip("\r\n\ufeff")
-        if not text.strip() or self.done:
-            return None
-        if text.startswith("#"):
-            if self._columns is not None:
-                self.done = True
-            return None
-        cells = [c.strip() for c in next(csv.reader([text]))]
-        if self._columns is None:
-            self._columns = self._header(cells)
-            return None
-        self.rows += 1
-        return self._line(cells)
-
-    def _header(self, cells: list[str]) -> dict[str, int]:
-        columns: dict[str, int] = {}
-        for key, prefix in self._WANTED.items():
-            for index, cell in enumerate(cells):
-                if cell.startswith(prefix):
-                    columns[key] = index
-                    break
-        missing = {"trade_no", "out_trade_no", "biz_type", "order_amount"} - set(columns)
-        if missing:
-            raise ValueError(f"not an Alipay trade bill header (missing {sorted(missing)})")
-        return columns
-
-    def _cell(self, cells: list[str], key: str) -> str:
-        assert self._columns is not None
-        index = self._columns.get(key)
-        return cells[index] if index is not None and index < len(cells) else ""
-
-    def _line(self, cells: list[str]) -> StatementLine:
-        biz_type = self._cell(cells, "biz_type")
-        finished = self._cell(cells, "finished")
-        fee_text = self._cell(cells, "fee")
-        fee = abs(_signed_fen(fee_text)) if fee_text else None
-        occurred_at = parse_time(finished) if finished else None
-        trade_no = self._cell(cells, "trade_no") or None
-        out_trade_no = self._cell(cells, "out_trade_no")
-        if biz_type == BIZ_TYPE_REFUND:
-            received = self._cell(cells, "received") or self._cell(cells, "order_amount")
-            return StatementLine(
-                kind=StatementKind.REFUND,
-                channel_order_id=out_trade_no,
-                channel_trade_no=trade_no,
-                amount=abs(_signed_fen(received)),
-                status="succeeded",
-                channel_refund_id=self._cell(cells, "refund_no") or None,
-                fee=fee,
-                occurred_at=occurred_at,
-            )
-        return StatementLine(
-            kind=StatementKind.PAYMENT,
-            channel_order_id=out_trade_no,
-            channel_trade_no=trade_no,
-            amount=abs(_signed_fen(self._cell(cells, "order_amount"))),
-            status="succeeded" if biz_type == BIZ_TYPE_TRADE else biz_type.lower(),
-            fee=fee,
-            occurred_at=occurred_at,
-        )
-
-
-def _member_name(info: zipfile.ZipInfo) -> str:
-    if info.flag_bits & 0x800:
-        return info.filename
-    try:  # Alipay's zips store GBK names without the UTF-8 flag
-        return info.filename.encode("cp437").decode(BILL_ENCODING)
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return info.filename
-
-
-def iter_zip_bill_lines(fileobj: IO[bytes]) -> Iterator[str]:
-    """The lines of the detail CSV (业务明细, not the 汇总 summary) inside a real bill zip."""
-    with zipfile.ZipFile(fileobj) as archive:
-        members = [i for i in archive.infolist() if _member_name(i).lower().endswith(".csv")]
-        detail = [i for i in members if "汇总" not in _member_name(i)]
-        if not detail:
-            raise ValueError("no detail CSV in the bill archive")
-        with (
-            archive.open(detail[0]) as raw,
-            io.TextIOWrapper(raw, encoding=BILL_ENCODING, newline="") as text,
-        ):
-            yield from text

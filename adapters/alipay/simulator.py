@@ -63,7 +63,10 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from adapters.alipay import bill
 from adapters.alipay import protocol as p
+from adapters.chinatime import CHINA_TZ, china_date, china_midnight
+from adapters.kernel.crypto import load_private_key, load_public_key
 from adapters.money import fen_to_yuan, yuan_to_fen
 from adapters.simkit import (
     FaultAction,
@@ -102,8 +105,8 @@ class SimulatorKeys:
 def load_keys(config_dir: str) -> SimulatorKeys:
     folder = Path(config_dir) / "keys" / ADAPTER
     return SimulatorKeys(
-        alipay_private=p.load_private_key((folder / "alipay_private_key.pem").read_bytes()),
-        app_public=p.load_public_key((folder / "app_public_key.pem").read_bytes()),
+        alipay_private=load_private_key((folder / "alipay_private_key.pem").read_bytes()),
+        app_public=load_public_key((folder / "app_public_key.pem").read_bytes()),
     )
 
 
@@ -128,7 +131,7 @@ def _business(sub_code: str, detail: str = "", **fields: Any) -> dict[str, Any]:
 
 def _trade_no(moment: datetime) -> str:
     """28 digits like Alipay's: the China date, 22001, then 15 random digits."""
-    day = moment.astimezone(p.CHINA_TZ).strftime("%Y%m%d")
+    day = moment.astimezone(CHINA_TZ).strftime("%Y%m%d")
     return f"{day}22001{secrets.randbelow(10**15):015d}"
 
 
@@ -165,8 +168,7 @@ def _expiry(biz: Mapping[str, Any], created: datetime) -> datetime:
     if unit == "d":
         return created + timedelta(days=count)
     if unit == "c":
-        day = created.astimezone(p.CHINA_TZ).date()
-        return datetime(day.year, day.month, day.day, tzinfo=p.CHINA_TZ) + timedelta(days=1)
+        return china_midnight(china_date(created)) + timedelta(days=1)
     raise ValueError(f"bad timeout_express {express!r}")
 
 
@@ -482,13 +484,13 @@ class AlipaySimulator:
     def _bill_url(
         self, request: web.Request, params: dict[str, str], biz: dict[str, Any]
     ) -> dict[str, Any]:
-        if biz.get("bill_type") != p.BILL_TYPE_TRADE:
+        if biz.get("bill_type") != bill.BILL_TYPE_TRADE:
             return _business(p.SUB_INVALID_PARAMETER, "bill_type (only trade)")
         try:
             day = date.fromisoformat(str(biz.get("bill_date")))
         except ValueError:
             return _business(p.SUB_INVALID_PARAMETER, "bill_date (yyyy-MM-dd)")
-        if day > p.china_date(now()):
+        if day > china_date(now()):
             return _business(p.SUB_BILL_NOT_EXIST)
         token = secrets.token_urlsafe(18)
         self.bill_links = {k: v for k, v in self.bill_links.items() if v[1] > now()}
@@ -635,7 +637,7 @@ class AlipaySimulator:
         )
         await response.prepare(request)
         for line in self.bill_lines(day):
-            await response.write(line.encode(p.BILL_ENCODING, errors="replace"))
+            await response.write(line.encode(bill.BILL_ENCODING, errors="replace"))
         await response.write_eof()
         return response
 
@@ -649,13 +651,13 @@ class AlipaySimulator:
             if order_id in faults.missing:
                 continue
             logon = str(order.extra.get("buyer_logon_id", ""))
-            if order.paid_at is not None and p.china_date(order.paid_at) == day:
+            if order.paid_at is not None and china_date(order.paid_at) == day:
                 amount = faults.amount.get(order_id, order.amount)
                 rows.append(
                     self._bill_row(
                         order.channel_trade_no,
                         order_id,
-                        faults.status.get(order_id, p.BIZ_TYPE_TRADE),
+                        faults.status.get(order_id, bill.BIZ_TYPE_TRADE),
                         order.description,
                         order.created_at,
                         order.paid_at,
@@ -670,13 +672,13 @@ class AlipaySimulator:
                 done = refund.completed_at
                 if refund.status != p.REFUND_SUCCESS or done is None:
                     continue
-                if p.china_date(done) != day:
+                if china_date(done) != day:
                     continue
                 rows.append(
                     self._bill_row(
                         order.channel_trade_no,
                         order_id,
-                        p.BIZ_TYPE_REFUND,
+                        bill.BIZ_TYPE_REFUND,
                         order.description,
                         order.created_at,
                         done,
@@ -688,13 +690,13 @@ class AlipaySimulator:
                 )
                 refunds += 1
         for extra in faults.extra:
-            moment = datetime(day.year, day.month, day.day, 12, tzinfo=p.CHINA_TZ)
+            moment = china_midnight(day) + timedelta(hours=12)
             amount = int(extra["amount"])
             rows.append(
                 self._bill_row(
                     _trade_no(moment),
                     str(extra["channel_order_id"]),
-                    p.BIZ_TYPE_TRADE,
+                    bill.BIZ_TYPE_TRADE,
                     "extra",
                     moment,
                     moment,
@@ -706,18 +708,18 @@ class AlipaySimulator:
             )
             payments += 1
         next_day = day + timedelta(days=1)
-        yield p.BILL_TITLE + "\r\n"
+        yield bill.BILL_TITLE + "\r\n"
         yield f"#账号：[{SELLER_ID}0156]\r\n"
         yield (
             f"#起始日期：[{_chinese_day(day)} 00:00:00]   "
             f"终止日期：[{_chinese_day(next_day)} 00:00:00]\r\n"
         )
-        yield p.BILL_LIST_START + "\r\n"
-        yield ",".join(p.BILL_COLUMNS) + "\r\n"
+        yield bill.BILL_LIST_START + "\r\n"
+        yield ",".join(bill.BILL_COLUMNS) + "\r\n"
         yield from rows
-        yield p.BILL_LIST_END + "\r\n"
+        yield bill.BILL_LIST_END + "\r\n"
         yield f"#交易合计：{payments}笔，退款合计：{refunds}笔\r\n"
-        exported = now().astimezone(p.CHINA_TZ)
+        exported = now().astimezone(CHINA_TZ)
         yield f"#导出时间：[{_chinese_day(exported.date())} {exported:%H:%M:%S}]\r\n"
 
     @staticmethod
@@ -733,9 +735,9 @@ class AlipaySimulator:
         refund_no: str,
         fee: int,
     ) -> str:
-        yuan = p.signed_yuan(amount)
+        yuan = bill.signed_yuan(amount)
         zero = "0.00"
-        return p.bill_row(
+        return bill.bill_row(
             [
                 trade_no,
                 out_trade_no,
@@ -759,7 +761,7 @@ class AlipaySimulator:
                 zero,
                 zero,
                 refund_no,
-                p.signed_yuan(fee),
+                bill.signed_yuan(fee),
                 zero,
                 "",
             ]

@@ -1,29 +1,23 @@
 """The gateway's side of the `bank` channel (card payments through the bank's hosted page).
 
 The protocol is in `adapters.bank.protocol`. This module signs requests with the merchant's
-RSA key, verifies every answer and notification with the bank's public key, retries what is
-safe to repeat, and maps everything to `ChannelResult`.
+RSA key, hands each attempt to the adapter kernel (`adapters.kernel`: one deadline of
+``timeout_ms``, ``max_attempts``, the retry and unknown-outcome rules), verifies every answer and
+notification with the bank's public key, and maps the bank's answers to `ChannelResult` through
+its results table (`protocol.to_result`).
 
-Retries (tenacity, within one call): connection errors, timeouts, dropped connections and
-unsigned 5xx answers, on every call, because every call is safe to repeat at this bank: queries,
-close and the statement by nature, creates and refunds because the bank keys them by
-``order_no`` / ``refund_no`` and answers a repeat with the existing object (see the protocol).
-A signed 91/96 is retried on calls on an existing order; on a create it is answered at once
-(SYSTEM_ERROR + FAILOVER) so that the gateway can fail over fast. Attempts: ``max_attempts``
-(default 2), exponential backoff with full jitter from 50 ms, and one deadline of ``timeout_ms`` for
-the whole call: each attempt gets what is left of it, so a timeout is never followed by
-another attempt beyond the budget.
-
-A create that may have reached the bank (a timeout, a connection dropped after sending, an
-unsigned 5xx) is UNKNOWN, never SYSTEM_ERROR, even when a later attempt got a system error: the
-gateway queries it later instead of failing over.
+What the kernel is told about the bank (`protocol.RULES`): every call is safe to repeat, creates
+and refunds included, because the bank keys them by ``order_no`` / ``refund_no`` and answers a
+repeat with the existing object. A signed 91/96 (HTTP 5xx) is a busy answer: asked again on
+calls on an existing order; a create answered so fails over at once (SYSTEM_ERROR + FAILOVER).
+An answer without the bank's signature headers is judged by its HTTP status
+(`adapters.kernel.transport.status_failure`); one whose signature does not verify is not trusted.
 
 Configuration (the channel's ``config:`` in the routing file), see `BankConfig`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import re
 import secrets
@@ -32,22 +26,12 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
-)
+from pydantic import Field, ValidationError
 from yarl import URL
 
 from adapters.bank import protocol as p
@@ -66,8 +50,11 @@ from adapters.base import (
     ResponseVerificationError,
     StatementLine,
     StatementUnavailable,
-    check_base_url,
 )
+from adapters.kernel import transport
+from adapters.kernel.calls import Answer, Busy, Call, Kernel, RetryPolicy
+from adapters.kernel.config import ChannelConfig, SigningKeys, signing_keys
+from adapters.kernel.transport import AttemptFailed, Failure, header
 
 log = structlog.get_logger("adapters.bank")
 
@@ -76,15 +63,13 @@ _MAX_ANSWER_BYTES = 1 << 20
 _SPOOL_MEMORY_BYTES = 1 << 20
 
 
-class BankConfig(BaseModel):
-    """The ``config:`` mapping of a `bank` channel in the routing file.
+class BankConfig(ChannelConfig):
+    """The ``config:`` mapping of a `bank` channel in the routing file (and the settings every
+    channel shares, `ChannelConfig`).
 
     Relative key paths resolve against the gateway's ``config/`` directory.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str = Field(description="The bank's API root, e.g. https://pay.bank.example")
     merchant_id: str = Field(min_length=1, max_length=32)
     merchant_private_key: str = Field(
         min_length=1, description="PEM file: the merchant's RSA private key (signs requests)"
@@ -92,61 +77,20 @@ class BankConfig(BaseModel):
     bank_public_key: str = Field(
         min_length=1, description="PEM file: the bank's RSA public key (verifies its messages)"
     )
-    timeout_ms: int = Field(default=5000, ge=50, le=300_000)
-    """The budget of one call, all attempts included."""
-    max_attempts: int = Field(default=2, ge=1, le=5)
-    statement_timeout_ms: int = Field(default=60_000, ge=100, le=600_000)
     return_url: str | None = Field(default=None, pattern=r"^https?://")
     """Where the hosted page sends the card holder afterwards, when the payment names none."""
 
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        return check_base_url(value)
+
+CONFIG_MODEL = BankConfig
 
 
-class _Failure(Exception):
-    """One attempt got no usable answer."""
-
-    def __init__(
-        self,
-        kind: p.TransportFailure,
-        message: str,
-        *,
-        retryable: bool,
-        reply: tuple[int, dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retryable = retryable
-        self.reply = reply
-
-
-@dataclass(slots=True)
-class _CallState:
-    maybe_sent: bool = False
-    attempts: int = 0
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _Failure) and exc.retryable
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, val in headers.items():
-        if key.lower() == lowered:
-            return val
-    return None
-
-
-def _resolve(config_dir: str, path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else Path(config_dir) / candidate
+def load_keys(config: BankConfig, config_dir: str) -> SigningKeys:
+    """The merchant's private key and the bank's public key. Raises ConfigFieldError."""
+    return signing_keys(
+        config_dir,
+        ("merchant_private_key", config.merchant_private_key),
+        ("bank_public_key", config.bank_public_key),
+    )
 
 
 def _check_id(value: str) -> str:
@@ -155,26 +99,29 @@ def _check_id(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """A statement attempt's answer: the verified file, or the bank's error."""
+
+    spool: IO[bytes] | None
+    error: str = ""
+
+
 class BankAdapter(ChannelAdapter):
     adapter = "bank"
 
     def __init__(
-        self,
-        name: str,
-        config: BankConfig,
-        ctx: AdapterContext,
-        merchant_key: rsa.RSAPrivateKey,
-        bank_key: rsa.RSAPublicKey,
+        self, name: str, config: BankConfig, ctx: AdapterContext, keys: SigningKeys
     ) -> None:
         super().__init__(name)
         self._config = config
         self._http = ctx.http
-        self._merchant_key = merchant_key
-        self._bank_key = bank_key
+        self._merchant_key = keys.own
+        self._bank_key = keys.channel
         parts = urlsplit(config.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
-        self._budget_s = config.timeout_ms / 1000
+        self._kernel = Kernel(name, p.RULES, RetryPolicy.of(config))
 
     @property
     def merchant_id(self) -> str:
@@ -204,7 +151,7 @@ class BankAdapter(ChannelAdapter):
         if req.payer_ip:
             payload["payer_ip"] = req.payer_ip
         return await self._call(
-            p.Operation.CREATE,
+            Call.CREATE,
             "POST",
             p.PATH_ORDERS,
             payload,
@@ -215,13 +162,13 @@ class BankAdapter(ChannelAdapter):
     async def query_payment(self, channel_order_id: str) -> ChannelResult:
         order_no = _check_id(channel_order_id)
         return await self._call(
-            p.Operation.QUERY, "GET", f"{p.PATH_ORDERS}/{order_no}", None, order_no=order_no
+            Call.QUERY, "GET", f"{p.PATH_ORDERS}/{order_no}", None, order_no=order_no
         )
 
     async def close_payment(self, channel_order_id: str) -> ChannelResult:
         order_no = _check_id(channel_order_id)
         return await self._call(
-            p.Operation.CLOSE,
+            Call.CLOSE,
             "POST",
             f"{p.PATH_ORDERS}/{order_no}/close",
             {"merchant_id": self.merchant_id},
@@ -239,7 +186,7 @@ class BankAdapter(ChannelAdapter):
         if req.reason:
             payload["reason"] = req.reason[:256]
         return await self._call(
-            p.Operation.REFUND,
+            Call.REFUND,
             "POST",
             p.PATH_REFUNDS,
             payload,
@@ -251,7 +198,7 @@ class BankAdapter(ChannelAdapter):
     async def query_refund(self, channel_order_id: str, channel_refund_id: str) -> ChannelResult:
         refund_no = _check_id(channel_refund_id)
         return await self._call(
-            p.Operation.REFUND_QUERY,
+            Call.REFUND_QUERY,
             "GET",
             f"{p.PATH_REFUNDS}/{refund_no}",
             None,
@@ -275,94 +222,28 @@ class BankAdapter(ChannelAdapter):
             headers["Content-Type"] = "application/json"
         return headers, nonce
 
-    def _verified(
+    def _check_signature(
         self, status: int, headers: Mapping[str, str], path_qs: str, nonce: str, body: bytes
-    ) -> bool:
-        signature = _header(headers, p.HEADER_SIGNATURE)
-        timestamp = _header(headers, p.HEADER_TIMESTAMP)
-        if not signature or not timestamp or _header(headers, p.HEADER_NONCE) != nonce:
-            return False
+    ) -> None:
+        """Raises AttemptFailed unless the answer carries the bank's valid signature over it,
+        made for this request (its nonce)."""
+        signature = header(headers, p.HEADER_SIGNATURE)
+        timestamp = header(headers, p.HEADER_TIMESTAMP)
+        if not signature or not timestamp:
+            log.warning("bank_response_unsigned", channel=self.name, path=path_qs, status=status)
+            raise self._kernel.unsigned(status)
         message = p.response_message(status, path_qs, timestamp, nonce, body)
-        return p.verify(self._bank_key, message, signature)
-
-    async def _once(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        deadline: float,
-        state: _CallState,
-        retry_system_errors: bool,
-    ) -> tuple[int, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise _Failure(p.TransportFailure.TIMEOUT, "call budget spent", retryable=False)
-        path_qs = self._prefix + path
-        headers, nonce = self._signed_headers(method, path_qs, body)
-        state.attempts += 1
-        try:
-            async with self._http.request(
-                method,
-                URL(self._origin + path_qs, encoded=True),
-                data=body or None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=remaining),
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                raw = await _read_limited(resp)
-                resp_headers = dict(resp.headers)
-        except aiohttp.ClientConnectorError as exc:
-            raise _Failure(p.TransportFailure.NOT_SENT, str(exc), retryable=True) from exc
-        except TimeoutError as exc:
-            state.maybe_sent = True
-            raise _Failure(p.TransportFailure.TIMEOUT, "timed out", retryable=True) from exc
-        except aiohttp.ClientError as exc:
-            state.maybe_sent = True
-            raise _Failure(p.TransportFailure.DROPPED, repr(exc), retryable=True) from exc
-
-        if not self._verified(status, resp_headers, path_qs, nonce, raw):
-            if status >= 500:
-                state.maybe_sent = True
-                raise _Failure(
-                    p.TransportFailure.BAD_GATEWAY, f"unsigned HTTP {status}", retryable=True
-                )
+        if header(headers, p.HEADER_NONCE) != nonce or not p.verify(
+            self._bank_key, message, signature
+        ):
             log.warning(
-                "bank_response_signature_invalid",
-                channel=self.name,
-                method=method,
-                path=path_qs,
-                status=status,
+                "bank_response_signature_invalid", channel=self.name, path=path_qs, status=status
             )
-            raise _Failure(
-                p.TransportFailure.INVALID_SIGNATURE,
-                "the answer's signature did not verify",
-                retryable=False,
-            )
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise _Failure(
-                p.TransportFailure.INVALID_RESPONSE,
-                "a signed answer that is not JSON",
-                retryable=False,
-            )
-        code = data.get("resp_code")
-        if retry_system_errors and status >= 500 and code in p.SYSTEM_ERROR_CODES:
-            raise _Failure(
-                p.TransportFailure.BAD_GATEWAY,
-                f"resp_code {code}",
-                retryable=True,
-                reply=(status, data),
-            )
-        return status, data
+            raise AttemptFailed(Failure.BAD_SIGNATURE, "the answer's signature did not verify")
 
     async def _call(
         self,
-        op: p.Operation,
+        call: Call,
         method: str,
         path: str,
         payload: Mapping[str, Any] | None,
@@ -372,62 +253,43 @@ class BankAdapter(ChannelAdapter):
         amount: int | None = None,
     ) -> ChannelResult:
         body = orjson.dumps(payload) if payload is not None else b""
-        state = _CallState()
-        deadline = asyncio.get_running_loop().time() + self._budget_s
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._config.max_attempts) | stop_before_delay(self._budget_s),
-            wait=wait_random_exponential(multiplier=0.05, max=0.5),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
+        path_qs = self._prefix + path
+
+        async def attempt(
+            timeout_s: float,
+        ) -> Answer[tuple[p.ApiAnswer, dict[str, Any]]] | Busy[tuple[p.ApiAnswer, dict[str, Any]]]:
+            headers, nonce = self._signed_headers(method, path_qs, body)
+            reply = await transport.send(
+                self._http,
+                method,
+                URL(self._origin + path_qs, encoded=True),
+                data=body or None,
+                headers=headers,
+                timeout_s=timeout_s,
+                max_bytes=_MAX_ANSWER_BYTES,
+            )
+            self._check_signature(reply.status, reply.headers, path_qs, nonce, reply.body)
+            try:
+                data = orjson.loads(reply.body)
+                answer = p.ApiAnswer.model_validate(data)
+            except (orjson.JSONDecodeError, ValidationError):
+                log.warning("bank_answer_invalid", channel=self.name, call=call.value)
+                raise AttemptFailed(
+                    Failure.BAD_ANSWER, "a signed answer of no known shape"
+                ) from None
+            mismatch = self._mismatch(answer, order_no, refund_no, amount)
+            if mismatch:
+                log.warning(
+                    "bank_answer_mismatch", channel=self.name, call=call.value, detail=mismatch
+                )
+                raise AttemptFailed(Failure.BAD_ANSWER, mismatch)
+            if reply.status >= 500 and answer.resp_code in p.SYSTEM_ERROR_CODES:
+                return Busy((answer, data))
+            return Answer((answer, data))
+
+        return await self._kernel.call(
+            call, attempt, lambda found: p.to_result(call, found[0], found[1])
         )
-        retry_system_errors = op is not p.Operation.CREATE
-        data: dict[str, Any]
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    _, data = await self._once(
-                        method, path, body, deadline, state, retry_system_errors
-                    )
-        except _Failure as failure:
-            if failure.reply is None:
-                log.info(
-                    "bank_call_failed",
-                    channel=self.name,
-                    operation=op.value,
-                    failure=failure.kind.value,
-                    attempts=state.attempts,
-                    maybe_sent=state.maybe_sent,
-                )
-                return p.transport_result(
-                    op, failure.kind, failure.message, maybe_sent=state.maybe_sent
-                )
-            _, data = failure.reply
-        try:
-            answer = p.ApiAnswer.model_validate(data)
-        except ValidationError:
-            log.warning("bank_answer_invalid", channel=self.name, operation=op.value)
-            return p.transport_result(
-                op, p.TransportFailure.INVALID_RESPONSE, "unexpected answer", maybe_sent=True
-            )
-        mismatch = self._mismatch(answer, order_no, refund_no, amount)
-        if mismatch:
-            log.warning(
-                "bank_answer_mismatch", channel=self.name, operation=op.value, detail=mismatch
-            )
-            return p.transport_result(
-                op, p.TransportFailure.INVALID_RESPONSE, mismatch, maybe_sent=True
-            )
-        result = p.to_result(op, answer, data)
-        if result.outcome is Outcome.SYSTEM_ERROR and state.maybe_sent:
-            # an earlier attempt may have acted: the bank's "nothing done" covers only the last
-            return ChannelResult(
-                Outcome.UNKNOWN,
-                Decision.RETRY,
-                result.channel_code,
-                "an earlier attempt may have reached the bank",
-                raw=result.raw,
-            )
-        return result
 
     @staticmethod
     def _mismatch(
@@ -451,9 +313,9 @@ class BankAdapter(ChannelAdapter):
             log.warning("bank_notification_rejected", channel=self.name, reason=reason)
             return NotificationRejected(reason)
 
-        timestamp = _header(request.headers, p.HEADER_TIMESTAMP)
-        nonce = _header(request.headers, p.HEADER_NONCE)
-        signature = _header(request.headers, p.HEADER_SIGNATURE)
+        timestamp = header(request.headers, p.HEADER_TIMESTAMP)
+        nonce = header(request.headers, p.HEADER_NONCE)
+        signature = header(request.headers, p.HEADER_SIGNATURE)
         if not timestamp or not nonce or not signature:
             raise reject("missing signature headers")
         message = p.notification_message(self.merchant_id, timestamp, nonce, request.body)
@@ -521,91 +383,63 @@ class BankAdapter(ChannelAdapter):
             spool.close()
 
     async def _fetch_statement(self, day: date) -> IO[bytes]:
-        path = f"{p.PATH_STATEMENTS}/{day.strftime('%Y%m%d')}"
-        budget = self._config.statement_timeout_ms / 1000
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._config.max_attempts) | stop_before_delay(budget),
-            wait=wait_random_exponential(multiplier=0.1, max=1.0),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        deadline = asyncio.get_running_loop().time() + budget
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._statement_once(path, deadline)
-        except _Failure as failure:
-            raise StatementUnavailable(f"{failure.kind.value}: {failure.message}") from failure
-        raise AssertionError("unreachable")  # pragma: no cover
+        path_qs = self._prefix + f"{p.PATH_STATEMENTS}/{day.strftime('%Y%m%d')}"
 
-    async def _statement_once(self, path: str, deadline: float) -> IO[bytes]:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise _Failure(p.TransportFailure.TIMEOUT, "budget spent", retryable=False)
-        path_qs = self._prefix + path
-        headers, nonce = self._signed_headers("GET", path_qs, b"")
-        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES)  # noqa: SIM115 - handed to the caller
-        try:
-            async with self._http.get(
-                URL(self._origin + path_qs, encoded=True),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=remaining),
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                signature = resp.headers.get(p.HEADER_SIGNATURE)
-                timestamp = resp.headers.get(p.HEADER_TIMESTAMP)
-                signed = bool(signature and timestamp) and (
-                    resp.headers.get(p.HEADER_NONCE) == nonce
-                )
-                verifier = p.StreamingVerifier(str(status), path_qs, timestamp or "", nonce)
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    verifier.update(chunk)
-                    spool.write(chunk)
-        except aiohttp.ClientConnectorError as exc:
-            spool.close()
-            raise _Failure(p.TransportFailure.NOT_SENT, str(exc), retryable=True) from exc
-        except TimeoutError as exc:
-            spool.close()
-            raise _Failure(p.TransportFailure.TIMEOUT, "timed out", retryable=True) from exc
-        except aiohttp.ClientError as exc:
-            spool.close()
-            raise _Failure(p.TransportFailure.DROPPED, repr(exc), retryable=True) from exc
-        if not signed or not verifier.verify(self._bank_key, signature or ""):
-            spool.close()
-            if status >= 500:
-                raise _Failure(p.TransportFailure.BAD_GATEWAY, f"HTTP {status}", retryable=True)
-            log.warning("bank_statement_signature_invalid", channel=self.name, path=path_qs)
-            raise ResponseVerificationError("the statement's signature did not verify")
-        if status != 200:
-            spool.seek(0)
-            detail = spool.read(_MAX_ANSWER_BYTES)
-            spool.close()
-            code = None
+        async def attempt(timeout_s: float) -> Answer[_Statement] | Busy[_Statement]:
+            headers, nonce = self._signed_headers("GET", path_qs, b"")
+            spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES)  # noqa: SIM115 - handed to the caller
             try:
-                parsed = orjson.loads(detail)
-                code = parsed.get("resp_code") if isinstance(parsed, dict) else None
-            except orjson.JSONDecodeError:
-                pass
-            raise _Failure(
-                p.TransportFailure.BAD_GATEWAY,
-                f"HTTP {status} resp_code {code}",
-                retryable=status >= 500,
-            )
-        spool.seek(0)
-        return spool
+                async with transport.request(
+                    self._http,
+                    "GET",
+                    URL(self._origin + path_qs, encoded=True),
+                    headers=headers,
+                    timeout_s=timeout_s,
+                ) as resp:
+                    status = resp.status
+                    signature = header(resp.headers, p.HEADER_SIGNATURE)
+                    timestamp = header(resp.headers, p.HEADER_TIMESTAMP)
+                    echoed = header(resp.headers, p.HEADER_NONCE)
+                    verifier = p.StreamingVerifier(str(status), path_qs, timestamp or "", nonce)
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        verifier.update(chunk)
+                        spool.write(chunk)
+                if not signature or not timestamp:
+                    raise self._kernel.unsigned(status)
+                if echoed != nonce or not verifier.verify(self._bank_key, signature):
+                    log.warning("bank_statement_signature_invalid", channel=self.name, path=path_qs)
+                    raise ResponseVerificationError("the statement's signature did not verify")
+            except BaseException:
+                spool.close()
+                raise
+            if status != 200:
+                spool.seek(0)
+                error = _Statement(
+                    None, f"HTTP {status} resp_code {_resp_code(spool.read(_MAX_ANSWER_BYTES))}"
+                )
+                spool.close()
+                return Busy(error) if status >= 500 else Answer(error)
+            spool.seek(0)
+            return Answer(_Statement(spool))
+
+        exchanged = await self._kernel.exchange(
+            Call.STATEMENT, attempt, budget_s=self._config.statement_timeout_ms / 1000
+        )
+        if exchanged.failure is not None:
+            raise StatementUnavailable(self._kernel.describe(exchanged.failure))
+        assert exchanged.answer is not None
+        if exchanged.answer.spool is None:
+            raise StatementUnavailable(exchanged.answer.error)
+        return exchanged.answer.spool
 
 
-async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole answer body, refusing answers larger than any the bank sends."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > _MAX_ANSWER_BYTES:
-            raise _Failure(p.TransportFailure.INVALID_RESPONSE, "answer too large", retryable=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _resp_code(body: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = parsed.get("resp_code") if isinstance(parsed, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _lines(spool: IO[bytes]) -> Iterator[str]:
@@ -616,8 +450,4 @@ def _lines(spool: IO[bytes]) -> Iterator[str]:
 def build(name: str, config: Mapping[str, Any], ctx: AdapterContext) -> ChannelAdapter:
     """Validate the channel's ``config:`` and load its keys (once)."""
     cfg = BankConfig.model_validate(dict(config))
-    merchant_key = p.load_private_key(
-        _resolve(ctx.config_dir, cfg.merchant_private_key).read_bytes()
-    )
-    bank_key = p.load_public_key(_resolve(ctx.config_dir, cfg.bank_public_key).read_bytes())
-    return BankAdapter(name, cfg, ctx, merchant_key, bank_key)
+    return BankAdapter(name, cfg, ctx, load_keys(cfg, ctx.config_dir))

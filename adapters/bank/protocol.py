@@ -93,17 +93,14 @@ other number failing the Luhn check declines with ``14``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from adapters.base import (
@@ -116,12 +113,17 @@ from adapters.base import (
     StatementKind,
     StatementLine,
 )
+
+# CHINA_TZ is imported "as" itself, re-exported: the flow suite (tests/integration/adapters)
+# reads it through this module.
+from adapters.chinatime import CHINA_TZ as CHINA_TZ
+from adapters.chinatime import china_date, from_rfc3339, to_rfc3339
+from adapters.kernel.calls import Call, ChannelRules
+from adapters.kernel.crypto import rsa_sign, rsa_verify, rsa_verify_digest
+from adapters.kernel.transport import Failure
 from adapters.money import fen_to_yuan, yuan_to_fen
 
 # ---- constants ----------------------------------------------------------------------------
-
-CHINA_TZ = timezone(timedelta(hours=8), "UTC+8")
-"""The bank's local time: times on the wire and statement days are in UTC+8."""
 
 HEADER_MERCHANT = "X-Bank-Merchant"
 HEADER_TIMESTAMP = "X-Bank-Timestamp"
@@ -240,20 +242,31 @@ order (query, close, refund, refund query) the FAILOVER codes mean RETRY: a paym
 to another channel once an order exists (see `decision_for`)."""
 
 SYSTEM_ERROR_CODES = frozenset({"91", "96"})
+"""Signed answers (HTTP 5xx) saying nothing was done: "ask again with the same parameters"."""
+
+RULES = ChannelRules(
+    # Every call is safe to repeat: the bank keys orders by order_no and refunds by refund_no
+    # and answers a repeat with the same parameters with the existing object (see
+    # Idempotency above); closing is idempotent; queries and statements change nothing.
+    repeatable=frozenset(Call),
+    failure_codes={
+        Failure.NOT_SENT: "CONNECTION_ERROR",
+        Failure.HTTP_REFUSED: "HTTP_STATUS",
+        Failure.HTTP_UNAVAILABLE: "HTTP_STATUS",
+        Failure.TIMEOUT: "TIMEOUT",
+        Failure.DROPPED: "CONNECTION_DROPPED",
+        Failure.HTTP_ERROR: "HTTP_5XX",
+        Failure.BAD_SIGNATURE: "INVALID_SIGNATURE",
+        Failure.BAD_ANSWER: "INVALID_RESPONSE",
+    },
+)
+"""What the adapter kernel asks of this channel."""
 
 
-class Operation(enum.StrEnum):
-    CREATE = "create"
-    QUERY = "query"
-    CLOSE = "close"
-    REFUND = "refund"
-    REFUND_QUERY = "refund_query"
-
-
-def decision_for(code: str, op: Operation = Operation.CREATE) -> Decision:
+def decision_for(code: str, call: Call = Call.CREATE) -> Decision:
     """The decision for a channel code; unknown codes are RETRY (ask again, never assume)."""
     decision = ERROR_TABLE.get(code, Decision.RETRY)
-    if decision is Decision.FAILOVER and op is not Operation.CREATE:
+    if decision is Decision.FAILOVER and call is not Call.CREATE:
         return Decision.RETRY
     return decision
 
@@ -290,28 +303,9 @@ def notification_message(merchant_id: str, timestamp: str, nonce: str, body: byt
     return canonical(NOTIFY_LINE, merchant_id, timestamp, nonce, body)
 
 
-def sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
-    """SHA256withRSA (PKCS#1 v1.5), standard base64."""
-    signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
-
-
-def _decode_signature(signature: str) -> bytes | None:
-    try:
-        return base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def verify(key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool:
-    raw = _decode_signature(signature)
-    if raw is None:
-        return False
-    try:
-        key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+sign = rsa_sign
+"""The bank's signature: SHA256withRSA (PKCS#1 v1.5), standard base64, key first."""
+verify = rsa_verify
 
 
 class StreamingVerifier:
@@ -327,29 +321,7 @@ class StreamingVerifier:
 
     def verify(self, key: rsa.RSAPublicKey, signature: str) -> bool:
         self._hash.update(b"\n")
-        digest = self._hash.finalize()
-        raw = _decode_signature(signature)
-        if raw is None:
-            return False
-        try:
-            key.verify(raw, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        except InvalidSignature:
-            return False
-        return True
-
-
-def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise ValueError("expected an RSA private key of 2048 bits or more")
-    return key
-
-
-def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
-        raise ValueError("expected an RSA public key of 2048 bits or more")
-    return key
+        return rsa_verify_digest(key, self._hash.finalize(), signature)
 
 
 def luhn_valid(number: str) -> bool:
@@ -379,24 +351,18 @@ def card_decision(card_number: str) -> str:
 # ---- times and amounts --------------------------------------------------------------------
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in the bank's local time, to the second."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime")
-    return moment.astimezone(CHINA_TZ).replace(microsecond=0).isoformat()
+format_time = to_rfc3339
+"""RFC 3339 in the bank's local time (UTC+8), to the second."""
 
 
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time with an offset, as an aware datetime in UTC."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"time without an offset: {text!r}")
-    return moment.astimezone(UTC)
+    return from_rfc3339(text).astimezone(UTC)
 
 
 def china_day(moment: datetime) -> str:
     """The YYYYMMDD day of a moment in UTC+8 (how statements are cut)."""
-    return moment.astimezone(CHINA_TZ).strftime("%Y%m%d")
+    return china_date(moment).strftime("%Y%m%d")
 
 
 def fee_for(amount: int) -> int:
@@ -607,22 +573,22 @@ def refund_result(refund: Refund, raw: Mapping[str, Any]) -> ChannelResult:
     )
 
 
-def _code_result(op: Operation, answer: ApiAnswer, raw: Mapping[str, Any]) -> ChannelResult:
+def _code_result(call: Call, answer: ApiAnswer, raw: Mapping[str, Any]) -> ChannelResult:
     """An answer without an order / refund object to go by: decide from the code alone."""
     code = answer.resp_code
     message = answer.resp_msg or resp_message(code)
-    decision = decision_for(code, op)
+    decision = decision_for(code, call)
     known = code in ERROR_TABLE
     if code in SYSTEM_ERROR_CODES or code == RespCode.SECURITY_VIOLATION:
-        if op is Operation.CREATE:
+        if call is Call.CREATE:
             outcome = Outcome.SYSTEM_ERROR  # nothing was created: fail over
-        elif op is Operation.REFUND:
+        elif call is Call.REFUND:
             outcome = Outcome.SYSTEM_ERROR  # nothing was refunded: the same refund may be resent
         else:
             outcome = Outcome.UNKNOWN  # could not tell
     elif code == RespCode.IN_PROGRESS:
         outcome = Outcome.WAITING
-    elif code == RespCode.RECORD_NOT_FOUND and op in (Operation.QUERY, Operation.REFUND_QUERY):
+    elif code == RespCode.RECORD_NOT_FOUND and call in (Call.QUERY, Call.REFUND_QUERY):
         outcome = Outcome.FAILED  # never created at the bank
     elif known and decision is Decision.FINAL and code != RespCode.APPROVED:
         outcome = Outcome.FAILED
@@ -634,9 +600,7 @@ def _code_result(op: Operation, answer: ApiAnswer, raw: Mapping[str, Any]) -> Ch
     )
 
 
-def to_result(
-    op: Operation, answer: ApiAnswer, raw: Mapping[str, Any] | None = None
-) -> ChannelResult:
+def to_result(call: Call, answer: ApiAnswer, raw: Mapping[str, Any] | None = None) -> ChannelResult:
     """Map a verified bank answer to a `ChannelResult`.
 
     - create: order CREATED/PROCESSING -> WAITING with a "redirect" next action to ``pay_url``;
@@ -648,7 +612,7 @@ def to_result(
       refund -> SYSTEM_ERROR + RETRY (nothing refunded), on a refund query -> UNKNOWN + RETRY.
     """
     raw = raw if raw is not None else answer.model_dump(mode="json")
-    if op is Operation.CLOSE:
+    if call is Call.CLOSE:
         order = answer.order
         if answer.resp_code == RespCode.APPROVED and order is not None:
             if order.status is OrderStatus.CLOSED:
@@ -672,24 +636,24 @@ def to_result(
         if answer.resp_code in (RespCode.INVALID_TRANSACTION, RespCode.IN_PROGRESS):
             return ChannelResult(
                 outcome=Outcome.FAILED,
-                decision=decision_for(answer.resp_code, op),
+                decision=decision_for(answer.resp_code, call),
                 channel_code=answer.resp_code,
                 channel_message=answer.resp_msg or resp_message(answer.resp_code),
                 channel_trade_no=order.txn_id if order else None,
                 raw=raw,
             )
-        return _code_result(op, answer, raw)
-    if op in (Operation.REFUND, Operation.REFUND_QUERY):
+        return _code_result(call, answer, raw)
+    if call in (Call.REFUND, Call.REFUND_QUERY):
         if answer.refund is not None and answer.resp_code in (
             RespCode.APPROVED,
             RespCode.IN_PROGRESS,
         ):
             return refund_result(answer.refund, raw)
-        return _code_result(op, answer, raw)
+        return _code_result(call, answer, raw)
     # create, query
     if answer.order is not None and answer.resp_code in (RespCode.APPROVED, RespCode.IN_PROGRESS):
         return order_result(answer.order, raw)
-    return _code_result(op, answer, raw)
+    return _code_result(call, answer, raw)
 
 
 def notification_to_result(
@@ -733,34 +697,6 @@ def notification_to_result(
         channel_refund_id=body.refund_no,
         result=refund_result(refund, raw),
     )
-
-
-class TransportFailure(enum.StrEnum):
-    """How a call failed below the protocol (the adapter's tenacity retries exhausted)."""
-
-    NOT_SENT = "CONNECTION_ERROR"
-    """Connection refused / DNS: the request never reached the bank."""
-    TIMEOUT = "TIMEOUT"
-    DROPPED = "CONNECTION_DROPPED"
-    """The connection broke after the request may have been sent."""
-    BAD_GATEWAY = "HTTP_5XX"
-    """An unsigned 5xx (a proxy in front of the bank): it may or may not have acted."""
-    INVALID_SIGNATURE = "INVALID_SIGNATURE"
-    INVALID_RESPONSE = "INVALID_RESPONSE"
-    """Signed, but not an answer of this protocol."""
-
-
-def transport_result(
-    op: Operation, failure: TransportFailure, message: str, *, maybe_sent: bool
-) -> ChannelResult:
-    """The result of a call that got no trustworthy answer. Only a request that certainly
-    never reached the bank lets a create fail over; anything else is UNKNOWN (query later)."""
-    if failure is TransportFailure.NOT_SENT and not maybe_sent:
-        if op is Operation.CREATE:
-            return ChannelResult(Outcome.SYSTEM_ERROR, Decision.FAILOVER, failure.value, message)
-        if op is Operation.REFUND:
-            return ChannelResult(Outcome.SYSTEM_ERROR, Decision.RETRY, failure.value, message)
-    return ChannelResult(Outcome.UNKNOWN, Decision.RETRY, failure.value, message)
 
 
 # ---- statement ----------------------------------------------------------------------------

@@ -57,6 +57,8 @@ from pydantic import BaseModel, ValidationError
 
 from adapters import simkit
 from adapters.bank import protocol as p
+from adapters.chinatime import CHINA_TZ
+from adapters.kernel.crypto import load_private_key, load_public_key
 from adapters.simkit import FaultAction, SimOrder, SimRefund, SimulatorCore, SimulatorSettings
 
 log = structlog.get_logger("simulator.bank")
@@ -104,10 +106,10 @@ class BankSimulator:
 
     def __init__(self, settings: SimulatorSettings) -> None:
         keys = Path(settings.config_dir) / "keys" / "bank"
-        self.merchant_key: rsa.RSAPublicKey = p.load_public_key(
+        self.merchant_key: rsa.RSAPublicKey = load_public_key(
             (keys / "merchant_public.pem").read_bytes()
         )
-        self.bank_key: rsa.RSAPrivateKey = p.load_private_key(
+        self.bank_key: rsa.RSAPrivateKey = load_private_key(
             (keys / "bank_private.pem").read_bytes()
         )
         self.core = SimulatorCore("bank", settings, p.NOTIFY_RETRY_SCHEDULE_S)
@@ -431,7 +433,7 @@ class BankSimulator:
                 )
                 count += 1
                 refunds += refund.amount
-        noon = datetime.strptime(day + "12", "%Y%m%d%H").replace(tzinfo=p.CHINA_TZ)
+        noon = datetime.strptime(day + "12", "%Y%m%d%H").replace(tzinfo=CHINA_TZ)
         today = p.china_day(simkit.now())
         for extra in faults.extra:
             if str(extra.get("day", today)).replace("-", "") != day:

@@ -1,9 +1,11 @@
 """The gateway's side of the `unionpay` channel: UnionPay online gateway 5.1.0, merchant QR codes.
 
 The protocol is in `adapters.unionpay.protocol`. This module signs requests with the merchant's
-certificate key (certId = its serial), verifies every response and notification (the signer
-certificate carried in ``signPubKeyCert`` must be UnionPay's, valid, and chain to the trusted
-middle and root certificates; then the signature), and maps everything to `ChannelResult`.
+certificate key (certId = its serial), hands each attempt to the adapter kernel
+(`adapters.kernel`: one deadline of ``timeout_ms``, ``max_attempts`` attempts, the retry and
+unknown-outcome rules), verifies every response and notification (the signer certificate
+carried in ``signPubKeyCert`` must be UnionPay's, valid, and chain to the trusted middle and
+root certificates; then the signature), and maps everything to `ChannelResult`.
 
 What each call does at UnionPay:
 
@@ -28,50 +30,32 @@ What each call does at UnionPay:
   notification or by `query_refund` (a query by the refund's own orderId).
 - statement: txnType 76 (``fileTransReq.do``), ``settleDate`` MMDD; the file comes back
   deflated and base64-encoded in the signed answer, and is inflated and parsed a chunk at a
-  time. The whole signed answer has to be read before its signature can be checked, so the
-  compressed file is held in memory once; the text never is.
+  time (`adapters.unionpay.statement`). The whole signed answer has to be read before its
+  signature can be checked, so the compressed file is held in memory once; the text never is.
 
-Retries (tenacity, within one call, all attempts within ``timeout_ms``, ``max_attempts``
-attempts, exponential backoff with jitter from 50 ms): a connection that could not be made is
-retried on every call (nothing was sent). Timeouts, dropped connections, HTTP 5xx and a signed
-"busy" answer (respCode 02 / 06 / 96) are retried on queries and the statement only (a create
-answered 96 goes straight back as SYSTEM_ERROR + FAILOVER, so the gateway fails over fast).
-Creates, refunds and undos are not repeated after they may have been sent: UnionPay refuses a
-repeated orderId (respCode 12), so a repeat could never return the QR code or the refund's
-answer; instead the outcome is UNKNOWN and a query settles it. A refund or undo answered 12
-(sent twice, e.g. by a gateway retry) is settled by a query at once, which makes both
-idempotent by their order ids.
-
-Outcomes: a create answered 03/04/05/12 or HTTP 5xx is followed by a query: when UnionPay has no
-such order (34) nothing was created and the create is SYSTEM_ERROR + FAILOVER, otherwise
-UNKNOWN. A timeout or a dropped connection after sending is UNKNOWN (never failed over). A
-response whose signature or signer certificate does not verify is UNKNOWN with channel_code
-``INVALID_SIGNATURE`` and a warning in the log.
+What the kernel is told (`protocol.RULES`): only queries and the statement are repeated after
+an attempt that may have acted (a timeout, a dropped connection, an unsigned 5xx); creates,
+refunds and undos are not, because UnionPay refuses a repeated orderId (respCode 12), so a
+repeat could never return the QR code or the refund's answer: their outcome is UNKNOWN and a
+query settles it. A signed busy answer (respCode 02 / 06 / 96) is asked again on those same
+calls; a create answered 96 goes straight back as SYSTEM_ERROR + FAILOVER. A refund or undo
+answered 12 (sent twice, e.g. by a gateway retry) is settled by a query at once, which makes
+both idempotent by their order ids. A create answered 03/04/05 (processing) or 12 is UNKNOWN,
+for the status sync to query.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date
-from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
+from pydantic import Field, SecretStr
 
 from adapters.base import (
     Ack,
@@ -88,9 +72,19 @@ from adapters.base import (
     Outcome,
     StatementLine,
     StatementUnavailable,
-    check_base_url,
 )
+from adapters.kernel import transport
+from adapters.kernel.calls import Answer, Busy, Call, Exchanged, Kernel, RetryPolicy
+from adapters.kernel.config import (
+    ChannelConfig,
+    ConfigFieldError,
+    certificates_file,
+    private_key_file,
+)
+from adapters.kernel.crypto import certificate_key, same_key
+from adapters.kernel.transport import AttemptFailed, Failure
 from adapters.unionpay import protocol as p
+from adapters.unionpay import statement
 
 log = structlog.get_logger("adapters.unionpay")
 
@@ -100,16 +94,14 @@ _MAX_FILE_BYTES = 64 << 20
 _TXN_TIME_MEMORY = 10_000
 
 
-class UnionPayConfig(BaseModel):
-    """The ``config:`` mapping of a `unionpay` channel in the routing file.
+class UnionPayConfig(ChannelConfig):
+    """The ``config:`` mapping of a `unionpay` channel in the routing file (and the settings
+    every channel shares, `ChannelConfig`).
 
     Relative paths resolve against the gateway's ``config/`` directory; the defaults name the
     development set that `adapters.unionpay.devkeys` writes.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str = Field(description="UnionPay's root, e.g. https://gateway.95516.com")
     mer_id: str = Field(pattern=r"^[0-9A-Za-z]{15}$", description="merId, 15 characters")
     sign_key_path: str = Field(default="keys/unionpay/merchant_sign_key.pem", min_length=1)
     """PEM private key of the merchant's signing certificate (the .pfx's key)."""
@@ -123,88 +115,54 @@ class UnionPayConfig(BaseModel):
     ``00040000:SIGN`` signer."""
     channel_type: Literal["07", "08"] = "08"
     """channelType of the QR application: 08 mobile (UnionPay's QR demos), 07 internet."""
-    timeout_ms: int = Field(default=5000, ge=50, le=60_000)
-    """The budget of one call, all attempts included."""
-    max_attempts: int = Field(default=2, ge=1, le=5)
-    statement_timeout_ms: int = Field(default=30_000, ge=100, le=600_000)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        return check_base_url(value)
 
 
-_Kind = Literal[
-    "not_sent", "no_answer", "http_5xx", "http_status", "bad_message", "bad_signature", "busy"
-]
+CONFIG_MODEL = UnionPayConfig
 
 
-class _CallError(Exception):
-    def __init__(
-        self,
-        kind: _Kind,
-        detail: str,
-        *,
-        retryable: bool,
-        answer: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.kind: _Kind = kind
-        self.detail = detail
-        self.retryable = retryable
-        self.answer = answer
-        """A verified answer worth retrying (busy): what the call returns once retries end."""
+@dataclass(frozen=True, slots=True)
+class UnionPayKeys:
+    sign_key: rsa.RSAPrivateKey
+    sign_cert: x509.Certificate
+    verifier: p.CertificateVerifier
 
 
-@dataclass(slots=True)
-class _CallState:
-    maybe_sent: bool = False
-    attempts: int = 0
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _CallError) and exc.retryable
-
-
-def _resolve(config_dir: str, path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else Path(config_dir) / candidate
-
-
-_FAILURE_CODES: dict[_Kind, str] = {
-    "not_sent": "CONNECTION_FAILED",
-    "no_answer": "NO_ANSWER",
-    "http_5xx": "HTTP_5XX",
-    "http_status": "HTTP_STATUS",
-    "bad_message": "MALFORMED_RESPONSE",
-    "bad_signature": "INVALID_SIGNATURE",
-    "busy": "BUSY",
-}
-
-
-def _failure_result(error: _CallError, outcome: Outcome, decision: Decision) -> ChannelResult:
-    return ChannelResult(outcome, decision, _FAILURE_CODES[error.kind], error.detail)
+def load_keys(config: UnionPayConfig, config_dir: str) -> UnionPayKeys:
+    """Read and check the key and certificates the config names. Raises ConfigFieldError."""
+    password = config.sign_key_password
+    key = private_key_file(
+        config_dir,
+        "sign_key_path",
+        config.sign_key_path,
+        password.get_secret_value().encode("utf-8") if password else None,
+    )
+    cert = certificates_file(config_dir, "sign_cert_path", config.sign_cert_path)[0]
+    if not same_key(key, certificate_key(cert)):
+        raise ConfigFieldError("sign_cert_path", "does not match sign_key_path")
+    middle = certificates_file(config_dir, "middle_cert_path", config.middle_cert_path)[0]
+    root = certificates_file(config_dir, "root_cert_path", config.root_cert_path)[0]
+    if root.issuer != root.subject:
+        raise ConfigFieldError("root_cert_path", "not a root (self-issued) certificate")
+    try:
+        verifier = p.CertificateVerifier(root, middle, validate_cn=config.validate_cn_name)
+    except ValueError as exc:  # the middle is not a CA issued by this root
+        raise ConfigFieldError("middle_cert_path", str(exc)) from None
+    return UnionPayKeys(key, cert, verifier)
 
 
 class UnionPayAdapter(ChannelAdapter):
     adapter = "unionpay"
 
     def __init__(
-        self,
-        name: str,
-        config: UnionPayConfig,
-        ctx: AdapterContext,
-        sign_key: rsa.RSAPrivateKey,
-        sign_cert: x509.Certificate,
-        verifier: p.CertificateVerifier,
+        self, name: str, config: UnionPayConfig, ctx: AdapterContext, keys: UnionPayKeys
     ) -> None:
         super().__init__(name)
         self._config = config
         self._http = ctx.http
-        self._key = sign_key
-        self._cert_id = p.cert_id(sign_cert)
-        self._verifier = verifier
-        self._budget_s = config.timeout_ms / 1000
+        self._key = keys.sign_key
+        self._cert_id = p.cert_id(keys.sign_cert)
+        self._verifier = keys.verifier
+        self._kernel = Kernel(name, p.RULES, RetryPolicy.of(config))
         self._txn_times: OrderedDict[str, str] = OrderedDict()
 
     @property
@@ -283,39 +241,9 @@ class UnionPayAdapter(ChannelAdapter):
             "payTimeout": p.format_txn_time(req.expires_at),
             "orderDesc": req.description[:32],
         }
-        try:
-            answer = await self._call(p.BACK_TRANS_PATH, fields, safe=False, order_id=order_id)
-        except _CallError as error:
-            if error.kind in ("not_sent", "http_status"):
-                return _failure_result(error, Outcome.SYSTEM_ERROR, Decision.FAILOVER)
-            if error.kind == "http_5xx":
-                return await self._settle_create(
-                    order_id, _failure_result(error, Outcome.UNKNOWN, Decision.FINAL)
-                )
-            return _failure_result(error, Outcome.UNKNOWN, Decision.FINAL)
-        result = p.create_result(answer)
-        code = result.channel_code or ""
-        if result.outcome is Outcome.UNKNOWN and (
-            code in p.PROCESSING_CODES or code == p.DUPLICATE
-        ):
-            return await self._settle_create(order_id, result)
-        return result
-
-    async def _settle_create(self, order_id: str, unknown: ChannelResult) -> ChannelResult:
-        """A create whose answer leaves open whether an order exists: ask. No such order (34)
-        means nothing was created, so another channel may take the payment."""
-        found = await self.query_payment(order_id)
-        if found.outcome is Outcome.FAILED and found.channel_code == p.NOT_FOUND:
-            log.info("unionpay_create_not_created", channel=self.name, order_id=order_id)
-            return replace(unknown, outcome=Outcome.SYSTEM_ERROR, decision=Decision.FAILOVER)
-        log.info(
-            "unionpay_create_unknown",
-            channel=self.name,
-            order_id=order_id,
-            code=unknown.channel_code,
-            query=found.outcome.value,
+        return await self._call(
+            Call.CREATE, p.BACK_TRANS_PATH, fields, p.create_result, order_id=order_id
         )
-        return replace(unknown, outcome=Outcome.UNKNOWN, decision=Decision.FINAL)
 
     async def query_payment(self, channel_order_id: str) -> ChannelResult:
         return await self._query(channel_order_id, refund=False)
@@ -333,11 +261,8 @@ class UnionPayAdapter(ChannelAdapter):
             "orderId": order_id,
             "txnTime": txn_time,
         }
-        try:
-            answer = await self._call(p.QUERY_PATH, fields, safe=True, order_id=order_id)
-        except _CallError as error:
-            return _failure_result(error, Outcome.UNKNOWN, Decision.RETRY)
-        return p.query_result(answer)
+        call = Call.REFUND_QUERY if refund else Call.QUERY
+        return await self._call(call, p.QUERY_PATH, fields, p.query_result, order_id=order_id)
 
     async def close_payment(self, channel_order_id: str) -> ChannelResult:
         order_id = channel_order_id
@@ -370,23 +295,11 @@ class UnionPayAdapter(ChannelAdapter):
             "txnTime": p.format_txn_time(p.china_now()),
             "txnAmt": amount,
         }
-        try:
-            answer = await self._call(p.BACK_TRANS_PATH, fields, safe=False, order_id=undo_id)
-        except _CallError as error:
-            if error.kind in ("not_sent", "http_status"):
-                return _failure_result(error, Outcome.SYSTEM_ERROR, Decision.RETRY)
-            return _failure_result(error, Outcome.UNKNOWN, Decision.RETRY)
-        code = answer.get("respCode", "")
-        if code == p.SUCCESS:
-            return ChannelResult(
-                Outcome.SUCCEEDED,
-                Decision.FINAL,
-                code,
-                answer.get("respMsg"),
-                channel_trade_no=answer.get("queryId") or None,
-                raw=answer,
-            )
-        if code in p.PROCESSING_CODES or code in (p.DUPLICATE, "35"):
+        exchanged = await self._exchange(Call.CLOSE, p.BACK_TRANS_PATH, fields, order_id=undo_id)
+        answer = exchanged.answer
+        code = answer.get("respCode", "") if answer is not None else ""
+        if answer is not None and (code in p.PROCESSING_CODES or code in (p.DUPLICATE, "35")):
+            # not known yet, or sent before: the order's own state tells whether it is closed
             again = await self.query_payment(order_id)
             if again.outcome is Outcome.FAILED:
                 return replace(again, outcome=Outcome.SUCCEEDED, decision=Decision.FINAL)
@@ -395,7 +308,7 @@ class UnionPayAdapter(ChannelAdapter):
                     Outcome.FAILED, Decision.FINAL, "ORDER_PAID", "the order is paid", raw=again.raw
                 )
             return ChannelResult(Outcome.UNKNOWN, Decision.RETRY, code, answer.get("respMsg"))
-        return p.refusal(code, answer.get("respMsg"), answer)
+        return self._kernel.result(Call.CLOSE, exchanged, _undo_result)
 
     # ---- refunds --------------------------------------------------------------------------
     async def refund(self, req: CreateRefund) -> ChannelResult:
@@ -426,13 +339,9 @@ class UnionPayAdapter(ChannelAdapter):
             "backUrl": req.notify_url,
             "reqReserved": req.channel_order_id,
         }
-        try:
-            answer = await self._call(p.BACK_TRANS_PATH, fields, safe=False, order_id=refund_id)
-        except _CallError as error:
-            if error.kind in ("not_sent", "http_status"):
-                return _failure_result(error, Outcome.SYSTEM_ERROR, Decision.RETRY)
-            return _failure_result(error, Outcome.UNKNOWN, Decision.RETRY)
-        result = p.refund_result(answer)
+        result = await self._call(
+            Call.REFUND, p.BACK_TRANS_PATH, fields, p.refund_result, order_id=refund_id
+        )
         if result.channel_code == p.DUPLICATE:
             # sent before: the refund that exists under this orderId is the answer
             existing = await self.query_refund(req.channel_order_id, refund_id)
@@ -440,7 +349,6 @@ class UnionPayAdapter(ChannelAdapter):
                 existing.channel_code != p.NOT_FOUND
             ):
                 return existing
-            return result
         return result
 
     async def query_refund(self, channel_order_id: str, channel_refund_id: str) -> ChannelResult:
@@ -455,16 +363,9 @@ class UnionPayAdapter(ChannelAdapter):
         except (UnicodeDecodeError, ValueError) as exc:
             log.warning("unionpay_notification_malformed", channel=self.name, error=str(exc))
             raise NotificationRejected(f"not a UTF-8 form: {exc}") from exc
-        try:
-            self._verifier.verify_message(fields)
-        except p.SignatureError as exc:
-            log.warning(
-                "unionpay_notification_rejected",
-                channel=self.name,
-                order_id=fields.get("orderId"),
-                reason=str(exc),
-            )
-            raise NotificationRejected(f"signature: {exc}") from exc
+        problem = self._signature_problem(fields, "unionpay_notification_rejected")
+        if problem is not None:
+            raise NotificationRejected(f"signature: {problem}")
         if fields.get("merId") != self.mer_id:
             log.warning("unionpay_notification_other_merchant", channel=self.name)
             raise NotificationRejected("the notification is for another merchant")
@@ -499,172 +400,117 @@ class UnionPayAdapter(ChannelAdapter):
             "txnTime": p.format_txn_time(p.china_now()),
             "fileType": p.FILE_TYPE_SETTLE,
         }
-        try:
-            answer = await self._call(
-                p.FILE_PATH,
-                fields,
-                safe=True,
-                budget_s=self._config.statement_timeout_ms / 1000,
-                max_bytes=_MAX_FILE_BYTES,
-            )
-        except _CallError as error:
-            raise StatementUnavailable(f"{_FAILURE_CODES[error.kind]}: {error.detail}") from error
+        exchanged = await self._exchange(
+            Call.STATEMENT,
+            p.FILE_PATH,
+            fields,
+            budget_s=self._config.statement_timeout_ms / 1000,
+            max_bytes=_MAX_FILE_BYTES,
+        )
+        if exchanged.failure is not None:
+            raise StatementUnavailable(self._kernel.describe(exchanged.failure))
+        answer = exchanged.answer or {}
         code = answer.get("respCode", "")
         if code != p.SUCCESS:
             raise StatementUnavailable(f"respCode {code}: {answer.get('respMsg', '')}")
         try:
-            for line in p.statement_lines(p.unpack_file_lines(answer.get("fileContent", ""))):
+            for line in statement.statement_lines(
+                statement.unpack_file_lines(answer.get("fileContent", ""))
+            ):
                 yield line
         except ValueError as exc:
             raise StatementUnavailable(f"malformed reconciliation file: {exc}") from exc
 
     # ---- the HTTP exchange ----------------------------------------------------------------
-    async def _call(
+    async def _exchange(
         self,
+        call: Call,
         path: str,
         fields: Mapping[str, str],
         *,
-        safe: bool,
         order_id: str | None = None,
         budget_s: float | None = None,
         max_bytes: int = _MAX_ANSWER_BYTES,
-    ) -> dict[str, str]:
-        """Send one signed request and return UnionPay's verified answer. `safe` calls (query,
-        statement) are repeated on timeouts, dropped connections, 5xx and a busy UnionPay
-        (`protocol.BUSY_CODES`); every call is repeated when the connection could not be made.
-        Raises _CallError."""
+    ) -> Exchanged[dict[str, str]]:
+        """One signed request through the kernel: UnionPay's verified last answer, or how the
+        call failed. A busy answer (`protocol.BUSY_CODES`) is asked again where the kernel
+        allows it."""
         body = p.encode_form(p.sign_request(fields, self._key, self._cert_id))
         url = self._config.base_url + path
-        budget = budget_s if budget_s is not None else self._budget_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        state = _CallState()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._config.max_attempts) | stop_before_delay(budget),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        answer: dict[str, str] = {}
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    answer = await self._once(url, body, deadline, state, safe, max_bytes)
-        except _CallError as error:
-            if error.answer is not None:
-                return self._checked(error.answer, order_id)
-            if error.kind == "not_sent" and state.maybe_sent:
-                # a later attempt could not connect, but an earlier one may have been sent
-                error = _CallError("no_answer", error.detail, retryable=False)
-            log.info(
-                "unionpay_call_failed",
-                channel=self.name,
-                path=path,
-                txn_type=fields.get("txnType"),
-                order_id=order_id,
-                failure=error.kind,
-                attempts=state.attempts,
-            )
-            raise error from None
-        return self._checked(answer, order_id)
 
-    def _checked(self, answer: dict[str, str], order_id: str | None) -> dict[str, str]:
-        if order_id is not None and answer.get("orderId", order_id) != order_id:
-            log.warning("unionpay_answer_mismatch", channel=self.name, order_id=order_id)
-            raise _CallError("bad_message", "the answer is for another orderId", retryable=False)
-        if answer.get("merId", self.mer_id) != self.mer_id:
-            raise _CallError("bad_message", "the answer is for another merId", retryable=False)
-        return answer
-
-    async def _once(
-        self,
-        url: str,
-        body: bytes,
-        deadline: float,
-        state: _CallState,
-        safe: bool,
-        max_bytes: int,
-    ) -> dict[str, str]:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise _CallError("no_answer", "call budget spent", retryable=False)
-        state.attempts += 1
-        try:
-            async with self._http.post(
+        async def attempt(timeout_s: float) -> Answer[dict[str, str]] | Busy[dict[str, str]]:
+            reply = await transport.send(
+                self._http,
+                "POST",
                 url,
                 data=body,
                 headers=_FORM_HEADERS,
-                timeout=aiohttp.ClientTimeout(total=remaining),
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                raw = await resp.content.read(max_bytes + 1)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise _CallError("not_sent", type(exc).__name__, retryable=True) from exc
-        except TimeoutError as exc:
-            state.maybe_sent = True
-            raise _CallError("no_answer", "timed out", retryable=safe) from exc
-        except aiohttp.ClientError as exc:
-            state.maybe_sent = True
-            raise _CallError("no_answer", type(exc).__name__, retryable=safe) from exc
-        state.maybe_sent = True
-        if status >= 500:
-            raise _CallError("http_5xx", f"HTTP {status}", retryable=safe)
-        if status != 200:
-            raise _CallError("http_status", f"HTTP {status}", retryable=False)
-        if len(raw) > max_bytes:
-            raise _CallError("bad_message", "answer too large", retryable=False)
-        try:
-            answer = p.parse_message(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _CallError("bad_message", "unparsable answer", retryable=False) from exc
-        try:
-            self._verifier.verify_message(answer)
-        except p.SignatureError as exc:
-            log.warning(
-                "unionpay_response_signature_invalid",
-                channel=self.name,
-                url=url,
-                order_id=answer.get("orderId"),
-                reason=str(exc),
+                timeout_s=timeout_s,
+                max_bytes=max_bytes,
             )
-            raise _CallError("bad_signature", str(exc), retryable=False) from exc
-        if safe and answer.get("respCode") in p.BUSY_CODES:
-            raise _CallError("busy", answer["respCode"], retryable=True, answer=answer)
-        return answer
+            if reply.status != 200:
+                raise self._kernel.unsigned(reply.status)
+            try:
+                answer = p.parse_message(reply.body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise AttemptFailed(Failure.BAD_ANSWER, "unparsable answer") from None
+            problem = self._signature_problem(answer, "unionpay_response_signature_invalid")
+            if problem is not None:
+                raise AttemptFailed(Failure.BAD_SIGNATURE, problem)
+            self._check(answer, order_id)
+            if answer.get("respCode") in p.BUSY_CODES:
+                return Busy(answer)
+            return Answer(answer)
+
+        return await self._kernel.exchange(call, attempt, budget_s=budget_s)
+
+    async def _call(
+        self,
+        call: Call,
+        path: str,
+        fields: Mapping[str, str],
+        read: Callable[[dict[str, str]], ChannelResult],
+        *,
+        order_id: str,
+    ) -> ChannelResult:
+        exchanged = await self._exchange(call, path, fields, order_id=order_id)
+        return self._kernel.result(call, exchanged, read)
+
+    def _signature_problem(self, fields: Mapping[str, str], event: str) -> str | None:
+        """Why a message signed by UnionPay does not verify (logged as `event`), or None."""
+        try:
+            self._verifier.verify_message(fields)
+        except p.SignatureError as exc:
+            log.warning(event, channel=self.name, order_id=fields.get("orderId"), reason=str(exc))
+            return str(exc)
+        return None
+
+    def _check(self, answer: Mapping[str, str], order_id: str | None) -> None:
+        if order_id is not None and answer.get("orderId", order_id) != order_id:
+            log.warning("unionpay_answer_mismatch", channel=self.name, order_id=order_id)
+            raise AttemptFailed(Failure.BAD_ANSWER, "the answer is for another orderId")
+        if answer.get("merId", self.mer_id) != self.mer_id:
+            raise AttemptFailed(Failure.BAD_ANSWER, "the answer is for another merId")
 
 
-def _load_private_key(path: Path, password: SecretStr | None) -> rsa.RSAPrivateKey:
-    secret = password.get_secret_value().encode("utf-8") if password else None
-    key = serialization.load_pem_private_key(path.read_bytes(), password=secret)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} does not hold an RSA private key")
-    return key
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
+def _undo_result(answer: Mapping[str, str]) -> ChannelResult:
+    """The answer to an undo (31) that closes a waiting order."""
+    code = answer.get("respCode", "")
+    if code == p.SUCCESS:
+        return ChannelResult(
+            Outcome.SUCCEEDED,
+            Decision.FINAL,
+            code,
+            answer.get("respMsg"),
+            channel_trade_no=answer.get("queryId") or None,
+            raw=dict(answer),
+        )
+    return p.refusal(code, answer.get("respMsg"), answer)
 
 
 def build(name: str, config: Mapping[str, Any], ctx: AdapterContext) -> ChannelAdapter:
     """Build a `unionpay` channel from its routing-file ``config:``. Keys and certificates are
-    loaded and checked here, once. Raises ValueError on a bad configuration."""
-    try:
-        cfg = UnionPayConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        raise ValueError(f"channel {name!r}: invalid unionpay config: {exc}") from exc
-    try:
-        key = _load_private_key(_resolve(ctx.config_dir, cfg.sign_key_path), cfg.sign_key_password)
-        cert = _load_cert(_resolve(ctx.config_dir, cfg.sign_cert_path))
-        middle = _load_cert(_resolve(ctx.config_dir, cfg.middle_cert_path))
-        root = _load_cert(_resolve(ctx.config_dir, cfg.root_cert_path))
-        verifier = p.CertificateVerifier(root, middle, validate_cn=cfg.validate_cn_name)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"channel {name!r}: cannot load unionpay keys: {exc}") from exc
-    cert_key = cert.public_key()
-    if (
-        not isinstance(cert_key, rsa.RSAPublicKey)
-        or cert_key.public_numbers() != key.public_key().public_numbers()
-    ):
-        raise ValueError(f"channel {name!r}: sign_cert_path does not match sign_key_path")
-    return UnionPayAdapter(name, cfg, ctx, key, cert, verifier)
+    loaded and checked here, once. Raises ValueError (pydantic's ValidationError or
+    ConfigFieldError) on a bad configuration."""
+    cfg = UnionPayConfig.model_validate(dict(config))
+    return UnionPayAdapter(name, cfg, ctx, load_keys(cfg, ctx.config_dir))

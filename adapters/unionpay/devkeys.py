@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from adapters.kernel.crypto import new_rsa_key, private_pem
+
 README = """\
 DEVELOPMENT CERTIFICATES AND KEYS ONLY - never use these outside development and tests.
 
@@ -78,10 +80,6 @@ def _name(cn: str, ou: str | None = None) -> x509.Name:
         parts.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
     parts.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
     return x509.Name(parts)
-
-
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def issue(
@@ -144,16 +142,8 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def generate(directory: Path) -> None:
-    root_key, middle_key, up_key, mer_key = _key(), _key(), _key(), _key()
+    root_key, middle_key, up_key, mer_key = (new_rsa_key() for _ in range(4))
     root_name = _name("DEV UnionPay Root CA")
     middle_name = _name("DEV UnionPay Middle CA")
     root = issue(root_name, root_key, root_name, root_key, ca=True, days=365 * 30)
@@ -177,9 +167,9 @@ def generate(directory: Path) -> None:
     (directory / "root_ca.pem").write_bytes(_cert_pem(root))
     (directory / "middle_ca.pem").write_bytes(_cert_pem(middle))
     (directory / "unionpay_sign_cert.pem").write_bytes(_cert_pem(up_cert))
-    (directory / "unionpay_sign_key.pem").write_bytes(_key_pem(up_key))
+    (directory / "unionpay_sign_key.pem").write_bytes(private_pem(up_key))
     (directory / "merchant_sign_cert.pem").write_bytes(_cert_pem(mer_cert))
-    (directory / "merchant_sign_key.pem").write_bytes(_key_pem(mer_key))
+    (directory / "merchant_sign_key.pem").write_bytes(private_pem(mer_key))
 
 
 def main(argv: list[str] | None = None) -> None:

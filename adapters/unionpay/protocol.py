@@ -38,6 +38,8 @@ and not with LF ones, which is why the simulator sends CRLF.
 Times (``txnTime`` YYYYMMDDhhmmss, ``traceTime`` MMDDhhmmss, ``settleDate`` MMDD) are China
 time (UTC+8). Amounts (``txnAmt``) are integers of fen.
 
+The reconciliation file's format is in `adapters.unionpay.statement`.
+
 Response codes (respCode, and origRespCode in queries): 00 success (A6 partial success);
 03 / 04 / 05 still processing or unknown: query again; 34 no such transaction; the others are
 errors, mapped in `ERROR_TABLE`.
@@ -45,33 +47,27 @@ errors, mapped in `ERROR_TABLE`.
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
-import io
 import re
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import parse_qsl, urlencode
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from adapters.base import (
-    ChannelResult,
-    Decision,
-    NextAction,
-    Outcome,
-    StatementKind,
-    StatementLine,
-)
+# china_now is imported "as" itself, re-exported: the flow suite
+# (tests/integration/adapters) reads it through this module.
+from adapters.base import ChannelResult, Decision, NextAction, Outcome
+from adapters.chinatime import CHINA_TZ
+from adapters.chinatime import china_now as china_now
+from adapters.kernel.calls import Call, ChannelRules
+from adapters.kernel.crypto import rsa_sign, rsa_verify
+from adapters.kernel.transport import Failure
 
 # ---- constants ------------------------------------------------------------------------------
 
@@ -103,8 +99,6 @@ FILE_PATH: Final = "/gateway/api/fileTransReq.do"
 
 UNIONPAY_CN_NAME: Final = "中国银联股份有限公司"
 TEST_CN_NAME: Final = "00040000:SIGN"
-
-CHINA_TZ: Final = timezone(timedelta(hours=8), "CST")
 
 SUCCESS: Final = "00"
 PARTIAL_SUCCESS: Final = "A6"
@@ -195,6 +189,26 @@ ERROR_TABLE: Final[Mapping[str, Decision]] = {
 safe reading of an answer we do not know: nothing is retried or created elsewhere)."""
 
 
+RULES = ChannelRules(
+    # Only queries and statements are repeated after an attempt that may have acted: UnionPay
+    # refuses a repeated orderId (respCode 12), so a repeated create could never return the QR
+    # code, nor a repeated refund or undo its answer. Their UNKNOWN outcome is settled by a
+    # query instead (and a refund or undo answered 12 is settled by one at once).
+    repeatable=frozenset({Call.QUERY, Call.REFUND_QUERY, Call.STATEMENT}),
+    failure_codes={
+        Failure.NOT_SENT: "CONNECTION_FAILED",
+        Failure.HTTP_REFUSED: "HTTP_STATUS",
+        Failure.HTTP_UNAVAILABLE: "HTTP_STATUS",
+        Failure.TIMEOUT: "NO_ANSWER",
+        Failure.DROPPED: "NO_ANSWER",
+        Failure.HTTP_ERROR: "HTTP_5XX",
+        Failure.BAD_SIGNATURE: "INVALID_SIGNATURE",
+        Failure.BAD_ANSWER: "MALFORMED_RESPONSE",
+    },
+)
+"""What the adapter kernel asks of this channel."""
+
+
 def decision_for(code: str) -> Decision:
     return ERROR_TABLE.get(code, Decision.FINAL)
 
@@ -218,10 +232,6 @@ def parse_amount(text: str) -> int:
     if not isinstance(text, str) or not AMOUNT_RE.match(text):
         raise ValueError(f"not a txnAmt of fen: {text!r}")
     return int(text)
-
-
-def china_now(clock: Callable[[], datetime] | None = None) -> datetime:
-    return (clock() if clock else datetime.now(UTC)).astimezone(CHINA_TZ)
 
 
 def format_txn_time(moment: datetime) -> str:
@@ -408,21 +418,14 @@ def signed_digest(fields: Mapping[str, str]) -> bytes:
     return hashlib.sha256(signing_string(fields).encode("utf-8")).hexdigest().encode("ascii")
 
 
-def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey) -> str:
-    raw = key.sign(signed_digest(fields), padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(raw).decode("ascii")
+def sign(key: rsa.RSAPrivateKey, fields: Mapping[str, str]) -> str:
+    """signMethod 01: the kernel's SHA256withRSA over `signed_digest` (key first)."""
+    return rsa_sign(key, signed_digest(fields))
 
 
-def verify(fields: Mapping[str, str], public_key: rsa.RSAPublicKey) -> bool:
-    signature = fields.get("signature")
-    if not signature:
-        return False
-    try:
-        raw = base64.b64decode(signature, validate=True)
-        public_key.verify(raw, signed_digest(fields), padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+def verify(key: rsa.RSAPublicKey, fields: Mapping[str, str]) -> bool:
+    """Whether `fields["signature"]` is `key`'s signMethod 01 signature of the fields."""
+    return rsa_verify(key, signed_digest(fields), fields.get("signature", ""))
 
 
 def cert_id(cert: x509.Certificate) -> str:
@@ -443,7 +446,7 @@ def sign_request(
     ``certId`` set, ``signature`` added."""
     out = {k: v for k, v in fields.items() if v != "" and k != "signature"}
     out["certId"] = signer_cert_id
-    out["signature"] = sign(out, key)
+    out["signature"] = sign(key, out)
     return out
 
 
@@ -453,7 +456,7 @@ def sign_with_cert(
     """A UnionPay response or notification: ``signPubKeyCert`` set, ``signature`` added."""
     out = {k: v for k, v in fields.items() if k != "signature"}
     out["signPubKeyCert"] = signer_pem
-    out["signature"] = sign(out, key)
+    out["signature"] = sign(key, out)
     return out
 
 
@@ -555,7 +558,7 @@ class CertificateVerifier:
         if not fields.get("signature"):
             raise SignatureError("no signature")
         key = self.signer_key(fields.get("signPubKeyCert", ""))
-        if not verify(fields, key):
+        if not verify(key, fields):
             raise SignatureError("the signature does not match the message")
 
 
@@ -705,131 +708,3 @@ def notification_result(fields: Mapping[str, str]) -> ChannelResult:
         channel_trade_no=fields.get("queryId") or None,
         raw=raw,
     )
-
-
-# ---- reconciliation file --------------------------------------------------------------------
-
-STATEMENT_COLUMNS: Final = (
-    "txnType",
-    "orderId",
-    "origOrderId",
-    "queryId",
-    "origQryId",
-    "txnTime",
-    "completeTime",
-    "txnAmt",
-    "fee",
-    "respCode",
-    "settleDate",
-)
-"""The simulator's reconciliation file (a simplification: the real one is a zip of fixed-width
-files, INN...ZM_<merId> and others). One header line, then one CSV line per transaction that
-moved money on that settlement date: consumptions (01), refunds (04) and undos (31). Amounts
-and fees are fen; times are China time."""
-
-
-@dataclass(frozen=True, slots=True)
-class StatementRow:
-    txn_type: str
-    order_id: str
-    orig_order_id: str
-    query_id: str
-    orig_qry_id: str
-    txn_time: str
-    complete_time: str
-    amount: int
-    fee: int
-    resp_code: str
-    settle_date: str
-
-    def line(self) -> str:
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerow(
-            [
-                self.txn_type,
-                self.order_id,
-                self.orig_order_id,
-                self.query_id,
-                self.orig_qry_id,
-                self.txn_time,
-                self.complete_time,
-                str(self.amount),
-                str(self.fee),
-                self.resp_code,
-                self.settle_date,
-            ]
-        )
-        return out.getvalue()
-
-
-def statement_header() -> str:
-    return ",".join(STATEMENT_COLUMNS) + "\n"
-
-
-def pack_file(text: str) -> str:
-    """fileContent: the file deflated (zlib) and base64-encoded, as UnionPay sends it."""
-    return base64.b64encode(zlib.compress(text.encode("utf-8"))).decode("ascii")
-
-
-def unpack_file_lines(file_content: str, chunk_size: int = 1 << 16) -> Iterator[str]:
-    """The lines of a fileContent, inflated a chunk at a time (never the whole text at once)."""
-    data = base64.b64decode(file_content, validate=True)
-    inflater = zlib.decompressobj()
-    pending = b""
-    for start in range(0, len(data), chunk_size):
-        pending += inflater.decompress(data[start : start + chunk_size])
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8")
-    pending += inflater.flush()
-    if not inflater.eof:
-        raise ValueError("fileContent is truncated")
-    for line in pending.split(b"\n"):
-        if line:
-            yield line.decode("utf-8")
-
-
-def statement_line(row: str) -> StatementLine | None:
-    """One line of the reconciliation file in the gateway's terms (None for the header or a
-    blank line). Raises ValueError on a malformed line."""
-    if not row.strip() or row.startswith(STATEMENT_COLUMNS[0] + ","):
-        return None
-    cells = next(csv.reader([row]))
-    if len(cells) != len(STATEMENT_COLUMNS):
-        raise ValueError(f"statement line has {len(cells)} cells, not {len(STATEMENT_COLUMNS)}")
-    values = dict(zip(STATEMENT_COLUMNS, cells, strict=True))
-    amount = int(values["txnAmt"])
-    fee = int(values["fee"]) if values["fee"] else None
-    status = "succeeded" if values["respCode"] in (SUCCESS, PARTIAL_SUCCESS) else "failed"
-    occurred = None
-    if values["completeTime"]:
-        occurred = parse_txn_time(values["completeTime"])
-    if values["txnType"] == TXN_CONSUME:
-        return StatementLine(
-            kind=StatementKind.PAYMENT,
-            channel_order_id=values["orderId"],
-            channel_trade_no=values["queryId"] or None,
-            amount=amount,
-            status=status,
-            fee=fee,
-            occurred_at=occurred,
-        )
-    if values["txnType"] in (TXN_REFUND, TXN_UNDO):
-        return StatementLine(
-            kind=StatementKind.REFUND,
-            channel_order_id=values["origOrderId"],
-            channel_trade_no=values["queryId"] or None,
-            amount=amount,
-            status=status,
-            channel_refund_id=values["orderId"],
-            fee=fee,
-            occurred_at=occurred,
-        )
-    raise ValueError(f"unknown txnType {values['txnType']!r} in the statement")
-
-
-def statement_lines(lines: Iterable[str]) -> Iterator[StatementLine]:
-    for row in lines:
-        line = statement_line(row)
-        if line is not None:
-            yield line

@@ -52,14 +52,15 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from adapters import simkit
+from adapters.chinatime import CHINA_TZ, china_date
+from adapters.kernel.crypto import certificate_key, load_certificates, load_private_key
 from adapters.money import fen_to_yuan
 from adapters.simkit import FaultAction, SimOrder, SimRefund, SimulatorCore, SimulatorSettings
 from adapters.unionpay import protocol as p
+from adapters.unionpay import statement
 
 log = structlog.get_logger("simulator.unionpay")
 
@@ -118,20 +119,14 @@ class UnionPaySimulator:
         self.settings = settings
         self.core = SimulatorCore("unionpay", settings, NOTIFY_SCHEDULE_S)
         keydir = Path(settings.config_dir) / "keys" / "unionpay"
-        key = serialization.load_pem_private_key(
-            (keydir / "unionpay_sign_key.pem").read_bytes(), password=None
-        )
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("unionpay_sign_key.pem must hold an RSA key")
-        self._key = key
+        self._key = load_private_key((keydir / "unionpay_sign_key.pem").read_bytes())
         self._signer_pem = p.cert_pem(
-            x509.load_pem_x509_certificate((keydir / "unionpay_sign_cert.pem").read_bytes())
+            load_certificates((keydir / "unionpay_sign_cert.pem").read_bytes())[0]
         )
-        merchant = x509.load_pem_x509_certificate((keydir / "merchant_sign_cert.pem").read_bytes())
-        merchant_key = merchant.public_key()
-        if not isinstance(merchant_key, rsa.RSAPublicKey):
-            raise ValueError("merchant_sign_cert.pem must hold an RSA key")
-        self._merchant_keys: dict[str, rsa.RSAPublicKey] = {p.cert_id(merchant): merchant_key}
+        merchant = load_certificates((keydir / "merchant_sign_cert.pem").read_bytes())[0]
+        self._merchant_keys: dict[str, rsa.RSAPublicKey] = {
+            p.cert_id(merchant): certificate_key(merchant)
+        }
         self.txns: dict[str, _Txn] = {}
         self._by_query_id: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,7 +167,7 @@ class UnionPaySimulator:
         ):
             return fields, "10"
         key = self._merchant_keys.get(fields["certId"])
-        if key is None or not p.verify(fields, key):
+        if key is None or not p.verify(key, fields):
             log.info("sim_unionpay_bad_request_signature", order_id=fields.get("orderId"))
             return fields, p.BAD_SIGNATURE
         return fields, None
@@ -467,7 +462,7 @@ class UnionPaySimulator:
                 "settleDate": settle,
                 "fileType": p.FILE_TYPE_SETTLE,
                 "fileName": name,
-                "fileContent": p.pack_file(text),
+                "fileContent": statement.pack_file(text),
             },
         )
 
@@ -475,14 +470,14 @@ class UnionPaySimulator:
         """The reconciliation file of one merchant and one China date, with the configured
         statement faults applied."""
         faults = self.core.statement_faults
-        rows: list[p.StatementRow] = []
+        rows: list[statement.StatementRow] = []
         for order in self.core.orders.values():
             if order.extra.get("merId") != mer_id:
                 continue
             txn = self.txns[order.channel_order_id]
-            if order.paid_at is not None and _china_date(order.paid_at) == day:
+            if order.paid_at is not None and china_date(order.paid_at) == day:
                 rows.append(
-                    p.StatementRow(
+                    statement.StatementRow(
                         txn_type=p.TXN_CONSUME,
                         order_id=order.channel_order_id,
                         orig_order_id="",
@@ -497,11 +492,11 @@ class UnionPaySimulator:
                     )
                 )
             for refund in order.refunds.values():
-                if refund.completed_at is None or _china_date(refund.completed_at) != day:
+                if refund.completed_at is None or china_date(refund.completed_at) != day:
                     continue
                 refund_txn = self.txns[refund.channel_refund_id]
                 rows.append(
-                    p.StatementRow(
+                    statement.StatementRow(
                         txn_type=refund_txn.kind,
                         order_id=refund.channel_refund_id,
                         orig_order_id=order.channel_order_id,
@@ -518,7 +513,7 @@ class UnionPaySimulator:
         stamp = p.format_txn_time(simkit.now())
         for extra in faults.extra:
             rows.append(
-                p.StatementRow(
+                statement.StatementRow(
                     txn_type=p.TXN_CONSUME,
                     order_id=extra["channel_order_id"],
                     orig_order_id="",
@@ -532,7 +527,7 @@ class UnionPaySimulator:
                     settle_date=f"{day:%m%d}",
                 )
             )
-        lines = [p.statement_header()]
+        lines = [statement.statement_header()]
         for row in rows:
             if row.order_id in faults.missing:
                 continue
@@ -615,12 +610,8 @@ class UnionPaySimulator:
         self.core.notify(order, self._sender(order.notify_url, self._notification(order, "01")))
 
 
-def _china_date(moment: datetime) -> date:
-    return moment.astimezone(p.CHINA_TZ).date()
-
-
 def _settlement(amount: int, moment: datetime, known: dict[str, object]) -> dict[str, str]:
-    china = moment.astimezone(p.CHINA_TZ)
+    china = moment.astimezone(CHINA_TZ)
     return {
         "settleAmt": str(amount),
         "settleCurrencyCode": p.CURRENCY_CNY,

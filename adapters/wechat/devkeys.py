@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from adapters.wechat.protocol import serial_hex
+from adapters.kernel.crypto import new_rsa_key, private_pem
+from adapters.wechat.envelope import serial_hex
 
 DEV_MCHID = "1900000109"
 """The sample merchant id of WeChat Pay's documentation."""
@@ -84,33 +85,23 @@ def _name(cn: str, ou: str) -> x509.Name:
     )
 
 
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,  # "BEGIN PRIVATE KEY", what the SDKs expect
-            serialization.NoEncryption(),
-        )
-    )
-
-
 def generate(directory: Path, force: bool = False) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     merchant_cert_path = directory / "apiclient_cert.pem"
     if merchant_cert_path.exists() and not force:
         print(f"kept the keys in {directory} (use --force to replace)")
         return
-    merchant_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    merchant_key = new_rsa_key()
     merchant_cert = _certificate(
         merchant_key, _serial(), _name(DEV_MCHID, "WeChat Pay merchant API certificate (dev)")
     )
-    platform_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    platform_key = new_rsa_key()
     platform_cert = _certificate(
         platform_key, _serial(), _name("Wechatpay platform (simulator)", "Tenpay.com CA (dev)")
     )
-    _write_key(directory / "apiclient_key.pem", merchant_key)
+    (directory / "apiclient_key.pem").write_bytes(private_pem(merchant_key))
     merchant_cert_path.write_bytes(merchant_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(directory / "platform_key.pem", platform_key)
+    (directory / "platform_key.pem").write_bytes(private_pem(platform_key))
     (directory / "platform_cert.pem").write_bytes(
         platform_cert.public_bytes(serialization.Encoding.PEM)
     )

@@ -69,8 +69,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from adapters import simkit
+from adapters.chinatime import china_date, china_midnight
+from adapters.kernel.crypto import certificate_key, load_certificates, load_private_key, rsa_verify
 from adapters.money import fen_to_yuan
 from adapters.simkit import FaultAction, SimOrder, SimRefund, SimulatorCore, SimulatorSettings
+from adapters.wechat import bill, envelope
 from adapters.wechat import protocol as p
 
 log = structlog.get_logger("simulator.wechat")
@@ -105,21 +108,21 @@ class SimKeys:
     @classmethod
     def load(cls, config_dir: str) -> SimKeys:
         directory = Path(config_dir) / "keys" / ADAPTER
-        platform_key = p.load_private_key((directory / "platform_key.pem").read_bytes())
-        platform_cert = p.load_certificates((directory / "platform_cert.pem").read_bytes())[0]
+        platform_key = load_private_key((directory / "platform_key.pem").read_bytes())
+        platform_cert = load_certificates((directory / "platform_cert.pem").read_bytes())[0]
         apiv3 = (directory / "apiv3_key.txt").read_text().strip().encode()
         merchants: dict[int, Merchant] = {}
         for path in sorted(directory.glob("apiclient_cert*.pem")):
-            for cert in p.load_certificates(path.read_bytes()):
-                mchid = p.certificate_cn(cert)
+            for cert in load_certificates(path.read_bytes()):
+                mchid = envelope.certificate_cn(cert)
                 if mchid:
                     merchants[cert.serial_number] = Merchant(
-                        mchid, p.serial_hex(cert.serial_number), p.certificate_key(cert)
+                        mchid, envelope.serial_hex(cert.serial_number), certificate_key(cert)
                     )
         return cls(
             platform_key=platform_key,
             platform_cert=platform_cert,
-            platform_serial=p.serial_hex(platform_cert.serial_number),
+            platform_serial=envelope.serial_hex(platform_cert.serial_number),
             apiv3_key=apiv3,
             merchants=merchants,
         )
@@ -192,8 +195,8 @@ class WechatSimulator:
 
     # ---- signed answers ------------------------------------------------------------------
     def _answer(self, status: int, data: Any | None) -> web.Response:
-        body = p.dumps(data) if data is not None else b""
-        headers = p.sign_headers(self.keys.platform_key, self.keys.platform_serial, body)
+        body = envelope.dumps(data) if data is not None else b""
+        headers = envelope.sign_headers(self.keys.platform_key, self.keys.platform_serial, body)
         headers["Request-ID"] = uuid.uuid4().hex
         if data is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
@@ -232,22 +235,22 @@ class WechatSimulator:
     async def _authenticate(self, request: web.Request) -> tuple[Merchant, bytes]:
         body = await request.read()
         try:
-            auth = p.parse_authorization(request.headers.get("Authorization", ""))
-            merchant = self.keys.merchants.get(p.serial_int(auth.serial_no))
+            auth = envelope.parse_authorization(request.headers.get("Authorization", ""))
+            merchant = self.keys.merchants.get(envelope.serial_int(auth.serial_no))
             if merchant is None:
-                raise p.SignatureError("unknown merchant certificate serial")
+                raise envelope.SignatureError("unknown merchant certificate serial")
             if merchant.mchid != auth.mchid:
-                raise p.SignatureError("mchid does not own this certificate")
-            p.check_timestamp(auth.timestamp)
-            message = p.request_message(
+                raise envelope.SignatureError("mchid does not own this certificate")
+            envelope.check_timestamp(auth.timestamp)
+            message = envelope.request_message(
                 request.method,
                 self._canonical_url(request),
                 auth.timestamp,
                 auth.nonce_str,
                 body,
             )
-            if not p.rsa_verify(merchant.public_key, message, auth.signature):
-                raise p.SignatureError("signature does not verify")
+            if not rsa_verify(merchant.public_key, message, auth.signature):
+                raise envelope.SignatureError("signature does not verify")
         except ValueError as exc:  # SignatureError is a ValueError
             log.info("sim_wechat_sign_error", reason=str(exc), path=request.path)
             raise ApiError(p.SIGN_ERROR, f"签名错误: {exc}") from None
@@ -307,11 +310,11 @@ class WechatSimulator:
         time_expire: datetime | None = None
         if expire_text is not None:
             try:
-                time_expire = p.parse_time(str(expire_text))
+                time_expire = envelope.parse_time(str(expire_text))
             except ValueError:
                 raise ApiError(p.PARAM_ERROR, "time_expire 格式错误") from None
         fingerprint = hashlib.sha256(
-            p.dumps([appid, description, notify_url, total, currency, expire_text])
+            envelope.dumps([appid, description, notify_url, total, currency, expire_text])
         ).hexdigest()
 
         existing = self.core.orders.get(out_trade_no)
@@ -337,7 +340,7 @@ class WechatSimulator:
             description=description,
             notify_url=notify_url,
             status=p.TradeState.NOTPAY.value,
-            channel_trade_no="4200" + p.china_date(now).strftime("%Y%m%d") + _digits(16),
+            channel_trade_no="4200" + china_date(now).strftime("%Y%m%d") + _digits(16),
             created_at=now,
             extra={
                 "mchid": merchant.mchid,
@@ -345,7 +348,7 @@ class WechatSimulator:
                 "code_url": code_url,
                 "token": token,
                 "fingerprint": fingerprint,
-                "time_expire": p.format_time(time_expire) if time_expire else None,
+                "time_expire": envelope.format_time(time_expire) if time_expire else None,
                 "trade_state_desc": p.TRADE_STATE_DESC[p.TradeState.NOTPAY],
                 "openid": None,
             },
@@ -377,7 +380,7 @@ class WechatSimulator:
             amount["payer_total"] = order.amount
             data["transaction_id"] = order.channel_trade_no
             data["bank_type"] = "OTHERS"
-            data["success_time"] = p.format_time(order.paid_at)
+            data["success_time"] = envelope.format_time(order.paid_at)
             data["payer"] = {"openid": order.extra.get("openid")}
         return data
 
@@ -422,7 +425,7 @@ class WechatSimulator:
             "out_trade_no": order.channel_order_id,
             "channel": "ORIGINAL",
             "user_received_account": "支付用户零钱",
-            "create_time": p.format_time(refund.created_at),
+            "create_time": envelope.format_time(refund.created_at),
             "status": refund.status,
             "funds_account": "AVAILABLE",
             "amount": {
@@ -440,7 +443,7 @@ class WechatSimulator:
             "promotion_detail": [],
         }
         if refund.status == p.RefundStatus.SUCCESS and refund.completed_at is not None:
-            data["success_time"] = p.format_time(refund.completed_at)
+            data["success_time"] = envelope.format_time(refund.completed_at)
         return data
 
     async def _refund(self, request: web.Request, merchant: Merchant, body: bytes) -> web.Response:
@@ -497,7 +500,7 @@ class WechatSimulator:
         now = simkit.now()
         refund = SimRefund(
             channel_refund_id=out_refund_no,
-            refund_no="50" + p.china_date(now).strftime("%Y%m%d") + _digits(19),
+            refund_no="50" + china_date(now).strftime("%Y%m%d") + _digits(19),
             amount=refund_amount,
             status=p.RefundStatus.PROCESSING.value,
             created_at=now,
@@ -533,7 +536,7 @@ class WechatSimulator:
     async def _post_notification(
         self, http: aiohttp.ClientSession, url: str, body: bytes, what: str
     ) -> bool:
-        headers = p.sign_headers(self.keys.platform_key, self.keys.platform_serial, body)
+        headers = envelope.sign_headers(self.keys.platform_key, self.keys.platform_serial, body)
         headers["Content-Type"] = "application/json"
         headers["Request-ID"] = uuid.uuid4().hex
         async with http.post(url, data=body, headers=headers) as resp:
@@ -551,7 +554,7 @@ class WechatSimulator:
         url = order.notify_url
 
         async def send(http: aiohttp.ClientSession, _: SimOrder) -> bool:
-            body = p.build_notification(
+            body = envelope.build_notification(
                 apiv3_key=self.keys.apiv3_key,
                 event_id=event_id,
                 create_time=created,
@@ -581,7 +584,7 @@ class WechatSimulator:
             },
         }
         if refund.completed_at is not None:
-            resource["success_time"] = p.format_time(refund.completed_at)
+            resource["success_time"] = envelope.format_time(refund.completed_at)
         event_id = str(uuid.uuid4())
         created = simkit.now()
         event_type = {
@@ -590,7 +593,7 @@ class WechatSimulator:
         }.get(p.RefundStatus(refund.status), p.EVENT_REFUND_CLOSED)
 
         async def send(http: aiohttp.ClientSession, _: SimOrder) -> bool:
-            body = p.build_notification(
+            body = envelope.build_notification(
                 apiv3_key=self.keys.apiv3_key,
                 event_id=event_id,
                 create_time=created,
@@ -608,7 +611,7 @@ class WechatSimulator:
         """The trade bill of one China day, with the statement faults applied; None when it
         has no rows."""
         faults = self.core.statement_faults
-        writer = p.BillWriter()
+        writer = bill.BillWriter()
         lines = [writer.header()]
         payments = bill_type in ("ALL", "SUCCESS")
         refunds = bill_type in ("ALL", "REFUND")
@@ -627,10 +630,10 @@ class WechatSimulator:
                 "openid": str(order.extra.get("openid") or ""),
                 "description": order.description,
             }
-            if payments and order.paid_at is not None and p.china_date(order.paid_at) == day:
+            if payments and order.paid_at is not None and china_date(order.paid_at) == day:
                 lines.append(
                     writer.payment(
-                        p.BillPayment(
+                        bill.BillPayment(
                             paid_at=order.paid_at,
                             trade_state=faults.status.get(order.channel_order_id, "SUCCESS"),
                             amount=faults.amount.get(order.channel_order_id, order.amount),
@@ -640,11 +643,11 @@ class WechatSimulator:
                 )
             if refunds:
                 for refund in order.refunds.values():
-                    if p.china_date(refund.created_at) != day:
+                    if china_date(refund.created_at) != day:
                         continue
                     lines.append(
                         writer.refund(
-                            p.BillRefund(
+                            bill.BillRefund(
                                 refunded_at=refund.created_at,
                                 refund_id=refund.refund_no,
                                 out_refund_no=refund.channel_refund_id,
@@ -655,11 +658,11 @@ class WechatSimulator:
                         )
                     )
         if payments:
-            moment = datetime.combine(day, datetime.min.time(), p.CHINA_TZ) + timedelta(hours=12)
+            moment = china_midnight(day) + timedelta(hours=12)
             for extra in faults.extra:
                 lines.append(
                     writer.payment(
-                        p.BillPayment(
+                        bill.BillPayment(
                             paid_at=moment,
                             appid="wx0000000000000000",
                             mchid=mchid,
@@ -684,7 +687,7 @@ class WechatSimulator:
             day = date.fromisoformat(request.query.get("bill_date", ""))
         except ValueError:
             raise ApiError(p.PARAM_ERROR, "bill_date 格式错误, 应为 YYYY-MM-DD") from None
-        if day > p.china_date(simkit.now()):
+        if day > china_date(simkit.now()):
             raise ApiError(p.PARAM_ERROR, "账单日期不能晚于今天")
         bill_type = request.query.get("bill_type", "ALL")
         if bill_type not in ("ALL", "SUCCESS", "REFUND"):
@@ -725,20 +728,20 @@ class WechatSimulator:
     ) -> web.Response:
         cert = self.keys.platform_cert
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        nonce = p.new_aead_nonce()
+        nonce = envelope.new_aead_nonce()
         return self._answer(
             200,
             {
                 "data": [
                     {
                         "serial_no": self.keys.platform_serial,
-                        "effective_time": p.format_time(cert.not_valid_before_utc),
-                        "expire_time": p.format_time(cert.not_valid_after_utc),
+                        "effective_time": envelope.format_time(cert.not_valid_before_utc),
+                        "expire_time": envelope.format_time(cert.not_valid_after_utc),
                         "encrypt_certificate": {
-                            "algorithm": p.ALGORITHM_AES_GCM,
+                            "algorithm": envelope.ALGORITHM_AES_GCM,
                             "nonce": nonce,
                             "associated_data": "certificate",
-                            "ciphertext": p.aes_gcm_encrypt(
+                            "ciphertext": envelope.aes_gcm_encrypt(
                                 self.keys.apiv3_key, nonce, "certificate", pem
                             ),
                         },
@@ -769,7 +772,7 @@ class WechatSimulator:
 
     def _expired(self, order: SimOrder) -> bool:
         expire = order.extra.get("time_expire")
-        return bool(expire) and simkit.now() > p.parse_time(str(expire))
+        return bool(expire) and simkit.now() > envelope.parse_time(str(expire))
 
     async def _payer_post(self, request: web.Request) -> web.Response:
         wants_json = request.content_type == "application/json"

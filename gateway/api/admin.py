@@ -1,19 +1,19 @@
 """The operators' API (`/admin/…`, bearer `GATEWAY_ADMIN_TOKEN`): the routing rules in force,
-their version and last reload error, and each channel's health."""
+their version and last reload error, and a reload; each channel's health, and closing a
+channel's circuit by hand; the day's settlement."""
 
 from __future__ import annotations
 
 import hmac
 import time
 from datetime import date
-from typing import Any
 
 from aiohttp import web
 
 from gateway.api.context import Services, services
 from gateway.api.merchant import json_response
+from gateway.domain.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.domain.models import rfc3339
-from gateway.errors import ApiError, FieldError
 from gateway.reconcile.service import settlement_summary
 from routing.health import effective_state
 
@@ -22,28 +22,23 @@ def _authorize(request: web.Request) -> Services:
     svc = services(request)
     token = svc.settings.admin_token
     if token is None:
-        raise ApiError(401, "unauthorized", "The admin API is off: set GATEWAY_ADMIN_TOKEN.")
+        raise Unauthorized("The admin API is off: set GATEWAY_ADMIN_TOKEN.")
     header = request.headers.get("Authorization", "")
     presented = header.removeprefix("Bearer ").encode()
     if not header.startswith("Bearer ") or not hmac.compare_digest(
         presented, token.get_secret_value().encode()
     ):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "A valid operator token is required.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthorized("A valid operator token is required.", challenge="Bearer")
     return svc
 
 
-async def _channel_health(svc: Services) -> dict[str, Any]:
+async def _channel_health(svc: Services) -> dict[str, dict[str, object]]:
     loaded = svc.channels.routing
     names = list(loaded.config.channels)
     health, stats = await svc.channels.health.snapshot(names)
     now = time.time()
     breaker = loaded.config.settings.breaker
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, object]] = {}
     for name in names:
         h = health.get(name)
         st = stats.get(name)
@@ -110,7 +105,7 @@ async def reset_channel(request: web.Request) -> web.Response:
     svc = _authorize(request)
     name = request.match_info["channel"]
     if name not in svc.channels.routing.config.channels:
-        raise ApiError(404, "not_found", f"No channel {name!r} in the rules in force.")
+        raise NotFound(f"No channel {name!r} in the rules in force.")
     await svc.channels.health.reset(name)
     return json_response({"channel": name, "circuit": "closed"})
 
@@ -122,11 +117,8 @@ async def settlement(request: web.Request) -> web.Response:
     try:
         day = date.fromisoformat(raw)
     except ValueError:
-        raise ApiError(
-            400,
-            "invalid_request",
-            "date must be YYYY-MM-DD.",
-            [FieldError("date", "A date as YYYY-MM-DD is required.")],
+        raise InvalidRequest.field(
+            "date", "A date as YYYY-MM-DD is required.", "date must be YYYY-MM-DD."
         ) from None
     return json_response(await settlement_summary(svc.pool, day, svc.channels.routing))
 

@@ -1,34 +1,13 @@
-"""What request handlers reach through the application: one container, set up by `app.py`."""
+"""What request handlers reach through the application: the services container
+(`gateway.services.container.Services`), set up by `app.py`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway.auth.authenticator import Authenticator
-from gateway.services.callbacks import CallbackDispatcher
-from gateway.services.channels import ChannelRegistry
-from gateway.services.payments import PaymentService
-from gateway.services.refunds import RefundService
-from gateway.services.sync import StatusSync
-from gateway.settings import Settings
-from gateway.store.db import Pool
+from gateway.services.container import Services
 
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings
-    pool: Pool
-    redis: aioredis.Redis
-    authenticator: Authenticator
-    channels: ChannelRegistry
-    payments: PaymentService
-    refunds: RefundService
-    sync: StatusSync
-    dispatcher: CallbackDispatcher
-
+__all__ = ["SERVICES", "Services", "services"]
 
 SERVICES = web.AppKey("services", Services)
 

@@ -6,13 +6,13 @@ import secrets
 import time
 
 import asyncpg
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import logs, metrics, timing
-from gateway.errors import ApiError
+from gateway.api.problems import error_response, problem_response
+from gateway.domain.errors import GatewayError, ServiceUnavailable
 
 log = structlog.get_logger("http")
 
@@ -42,15 +42,6 @@ _HTTP_CODES = {
 }
 
 
-def problem_response(error: ApiError, request_id: str) -> web.Response:
-    return web.Response(
-        status=error.status,
-        body=orjson.dumps(error.problem(request_id)),
-        content_type="application/problem+json",
-        headers=error.headers,
-    )
-
-
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -66,8 +57,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = problem_response(exc, request_id)
+    except GatewayError as exc:
+        response = error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -79,23 +70,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             405: f"{request.method} is not allowed here.",
             413: "The body is larger than 64 KiB.",
         }.get(exc.status, exc.reason)
-        response = problem_response(ApiError(exc.status, code, detail), request_id)
+        response = problem_response(exc.status, code, detail, request_id)
     except DATABASE_AWAY as exc:
         # PostgreSQL restarting or unreachable: nothing was committed by this request
         log.error("database_unavailable", path=request.path, error=repr(exc))
-        response = problem_response(
-            ApiError(
-                503,
-                "service_unavailable",
-                "The database is unavailable; retry shortly.",
-                headers={"Retry-After": "2"},
-            ),
+        response = error_response(
+            ServiceUnavailable("The database is unavailable; retry shortly.", retry_after_s=2),
             request_id,
         )
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = problem_response(
-            ApiError(500, "internal_error", "Something went wrong on our side."), request_id
+            500, "internal_error", "Something went wrong on our side.", request_id
         )
     response.headers["X-Request-Id"] = request_id
     elapsed = time.perf_counter() - started

@@ -6,11 +6,10 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from adapters.base import Ack, IncomingRequest, NotificationKind, NotificationRejected
+from adapters.base import Ack, IncomingRequest, NotificationRejected
 from gateway import metrics
 from gateway.api.context import services
-from gateway.store.db import Pool
-from gateway.store.payments import record_notification
+from gateway.domain.states import NotificationOutcome
 
 log = structlog.get_logger("notify")
 
@@ -38,19 +37,13 @@ async def channel_notification(request: web.Request) -> web.StreamResponse:
     except NotificationRejected as exc:
         log.warning("notification_rejected", channel=channel, reason=str(exc))
         metrics.NOTIFICATIONS.labels(channel=channel, result="rejected").inc()
-        await _audit(svc.pool, channel, None, None, "rejected")
+        await svc.notifications.record_unapplied(channel, None, None, NotificationOutcome.REJECTED)
         return _ack_response(adapter.ack(False))
     structlog.contextvars.bind_contextvars(
         channel=channel, channel_order_id=notification.channel_order_id
     )
     try:
-        if notification.kind is NotificationKind.REFUND and notification.channel_refund_id:
-            row = await svc.refunds.apply_result(
-                channel, notification.channel_refund_id, notification.result
-            )
-            applied = row is not None
-        else:
-            applied = await svc.payments.apply_notification(channel, notification)
+        applied = await svc.notifications.apply(channel, notification)
     except Exception:
         # not applied: answer so that the channel sends it again
         log.exception("notification_apply_failed", channel=channel)
@@ -59,27 +52,15 @@ async def channel_notification(request: web.Request) -> web.StreamResponse:
     if not applied:
         log.warning("notification_for_unknown_order", channel=channel)
         metrics.NOTIFICATIONS.labels(channel=channel, result="unknown_order").inc()
-        await _audit(
-            svc.pool,
+        await svc.notifications.record_unapplied(
             channel,
             notification.channel_order_id,
-            notification.kind.value,
-            "unknown_order",
+            notification.kind,
+            NotificationOutcome.UNKNOWN_ORDER,
         )
         return _ack_response(adapter.ack(False))
     metrics.NOTIFICATIONS.labels(channel=channel, result="applied").inc()
     return _ack_response(adapter.ack(True))
-
-
-async def _audit(
-    pool: Pool, channel: str, order_id: str | None, kind: str | None, outcome: str
-) -> None:
-    """Keep notifications that were not applied (forged, unknown order) for operators; the
-    applied ones are recorded by the state change they cause."""
-    try:
-        await record_notification(pool, channel, order_id, kind, outcome, applied=False)
-    except Exception as exc:  # an audit row must not change the answer to the channel
-        log.warning("notification_audit_failed", error=repr(exc))
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 description of the merchant API, built from the same pydantic models that
-validate requests (so the two cannot drift)."""
+"""The OpenAPI 3.1 description of the merchant API. Its schemas are generated from the pydantic
+models that validate the requests and render the responses (`gateway.domain.models`), so the
+document cannot drift from what the API accepts and sends."""
 
 from __future__ import annotations
 
@@ -7,75 +8,72 @@ from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway.domain.models import (
+    RESPONSE_MODELS,
+    CreatePaymentRequest,
+    CreateRefundRequest,
+    CreateWebhookEndpointRequest,
+    EmptyRequest,
+    PaymentObject,
+    Problem,
+    QueuedDeliveryObject,
+    RefundObject,
+    WebhookDeliveryList,
+    WebhookEndpointList,
+    WebhookEndpointObject,
+)
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     CreatePaymentRequest,
     CreateRefundRequest,
     CreateWebhookEndpointRequest,
     EmptyRequest,
 )
-from gateway.errors import TITLES
 
-_PROBLEM = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail", "code", "request_id"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string", "enum": sorted(TITLES)},
-        "request_id": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-}
 
-_PAYMENT = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "merchant_order_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["pending", "succeeded", "failed", "closed"]},
-        "amount": {"type": "integer"},
-        "currency": {"type": "string"},
-        "method": {"type": "string"},
-        "channel": {"type": ["string", "null"]},
-        "channel_order_id": {"type": ["string", "null"]},
-        "channel_trade_no": {"type": ["string", "null"]},
-        "next_action": {
-            "type": ["object", "null"],
-            "properties": {"type": {"enum": ["qr_code", "redirect"]}, "url": {"type": "string"}},
-        },
-        "refunded_amount": {"type": "integer"},
-        "failure": {"type": ["object", "null"]},
-        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        "created_at": {"type": "string", "format": "date-time"},
-        "expires_at": {"type": "string", "format": "date-time"},
-        "paid_at": {"type": ["string", "null"], "format": "date-time"},
-    },
-}
+def _component(model: type[BaseModel]) -> str:
+    return model.__name__
+
+
+def _schemas() -> dict[str, Any]:
+    """Every request model (as it validates) and every response model (as it serializes), with
+    the models they nest, as component schemas whose `$ref`s resolve from the document's root."""
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in REQUEST_MODELS),
+        *((m, "serialization") for m in RESPONSE_MODELS),
+    ]
+    refs, document = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    for (model, _), ref in refs.items():  # every model is a component under its own name
+        assert ref["$ref"].rsplit("/", 1)[1] == model.__name__, ref
+    schemas: dict[str, Any] = document["$defs"]
+    return schemas
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    ref = f"#/components/schemas/{_component(model)}"
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
+    ref = f"#/components/schemas/{_component(Problem)}"
     return {
         str(s): {
             "description": "Problem details (RFC 9457)",
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
+            "content": {"application/problem+json": {"schema": {"$ref": ref}}},
         }
         for s in statuses
     }
 
 
-def _json(ref: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+def _body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    ref = f"#/components/schemas/{_component(model)}"
+    return {"required": required, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _query(name: str, schema: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
 
 
 _IDEMPOTENCY = {
@@ -87,20 +85,9 @@ _IDEMPOTENCY = {
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _model_schemas(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
-    """Component schemas of request models, with their nested models (pydantic's `$defs`)
-    hoisted beside them, so that every `$ref` resolves from the document's root."""
-    out: dict[str, Any] = {}
-    for name, model in models.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        out.update(schema.pop("$defs", {}))
-        out[name] = schema
-    return out
-
-
 @lru_cache(maxsize=4)
 def openapi_document(server_url: str) -> dict[str, Any]:
-    payment_ok = {"description": "The payment", **_json("Payment")}
+    payment = _json(PaymentObject, "The payment")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -118,24 +105,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "description": 'GW1-<ALG> key_id="…",timestamp="…",nonce="…",signature="…"',
                 }
             },
-            "schemas": {
-                **_model_schemas(
-                    {
-                        "CreatePayment": CreatePaymentRequest,
-                        "Empty": EmptyRequest,
-                        "CreateRefund": CreateRefundRequest,
-                        "CreateWebhookEndpoint": CreateWebhookEndpointRequest,
-                    }
-                ),
-                "Refund": {"type": "object"},
-                "WebhookEndpoint": {"type": "object"},
-                "List": {
-                    "type": "object",
-                    "properties": {"data": {"type": "array"}, "has_more": {"type": "boolean"}},
-                },
-                "Payment": _PAYMENT,
-                "Problem": _PROBLEM,
-            },
+            "schemas": _schemas(),
         },
         "security": [{"gw1": []}],
         "paths": {
@@ -143,49 +113,34 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "post": {
                     "operationId": "createPayment",
                     "parameters": [_IDEMPOTENCY],
-                    "requestBody": {"required": True, **_json("CreatePayment")},
+                    "requestBody": _body(CreatePaymentRequest),
                     "responses": {
-                        "201": payment_ok,
-                        "200": payment_ok,
+                        "201": payment,
+                        "200": _json(PaymentObject, "The payment an earlier request made"),
                         **_errors(400, 401, 403, 409, 413, 415, 422, 503),
                     },
                 },
                 "get": {
                     "operationId": "findPayment",
-                    "parameters": [
-                        {
-                            "name": "merchant_order_id",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {"200": payment_ok, **_errors(400, 401, 404)},
+                    "parameters": [_query("merchant_order_id", {"type": "string"}, required=True)],
+                    "responses": {"200": payment, **_errors(400, 401, 404)},
                 },
             },
             "/v1/payments/{id}": {
                 "get": {
                     "operationId": "getPayment",
-                    "parameters": [
-                        _ID,
-                        {
-                            "name": "sync",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"enum": ["true", "false"]},
-                        },
-                    ],
-                    "responses": {"200": payment_ok, **_errors(401, 404)},
+                    "parameters": [_ID, _query("sync", {"enum": ["true", "false"]})],
+                    "responses": {"200": payment, **_errors(400, 401, 404)},
                 }
             },
             "/v1/payments/{id}/refunds": {
                 "post": {
                     "operationId": "createRefund",
                     "parameters": [_ID, _IDEMPOTENCY],
-                    "requestBody": {"required": True, **_json("CreateRefund")},
+                    "requestBody": _body(CreateRefundRequest),
                     "responses": {
-                        "201": {"description": "The refund", **_json("Refund")},
-                        "200": {"description": "The existing refund", **_json("Refund")},
+                        "201": _json(RefundObject, "The refund"),
+                        "200": _json(RefundObject, "The refund an earlier request made"),
                         **_errors(400, 401, 404, 409, 503),
                     },
                 }
@@ -195,7 +150,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "operationId": "getRefund",
                     "parameters": [_ID],
                     "responses": {
-                        "200": {"description": "The refund", **_json("Refund")},
+                        "200": _json(RefundObject, "The refund"),
                         **_errors(401, 404),
                     },
                 }
@@ -204,17 +159,17 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "post": {
                     "operationId": "createWebhookEndpoint",
                     "parameters": [_IDEMPOTENCY],
-                    "requestBody": {"required": True, **_json("CreateWebhookEndpoint")},
+                    "requestBody": _body(CreateWebhookEndpointRequest),
                     "responses": {
-                        "201": {"description": "The endpoint", **_json("WebhookEndpoint")},
+                        "201": _json(WebhookEndpointObject, "The endpoint"),
                         **_errors(400, 401, 409),
                     },
                 },
                 "get": {
                     "operationId": "listWebhookEndpoints",
                     "responses": {
-                        "200": {"description": "Endpoints", **_json("List")},
-                        **_errors(401),
+                        "200": _json(WebhookEndpointList, "The endpoints not deleted"),
+                        **_errors(400, 401),
                     },
                 },
             },
@@ -223,7 +178,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "operationId": "deleteWebhookEndpoint",
                     "parameters": [_ID],
                     "responses": {
-                        "200": {"description": "The deleted endpoint", **_json("WebhookEndpoint")},
+                        "200": _json(WebhookEndpointObject, "The deleted endpoint"),
                         **_errors(401, 404),
                     },
                 }
@@ -232,33 +187,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "listWebhookDeliveries",
                     "parameters": [
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"enum": ["pending", "succeeded", "failed"]},
-                        },
-                        {
-                            "name": "event_id",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                        },
-                        {
-                            "name": "starting_after",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        },
+                        _query("status", {"enum": ["pending", "succeeded", "failed"]}),
+                        _query("event_id", {"type": "string"}),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+                        _query("starting_after", {"type": "string"}),
                     ],
                     "responses": {
-                        "200": {"description": "Deliveries", **_json("List")},
+                        "200": _json(WebhookDeliveryList, "Deliveries, newest first"),
                         **_errors(400, 401),
                     },
                 }
@@ -267,16 +202,19 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "post": {
                     "operationId": "retryWebhookDelivery",
                     "parameters": [_ID, _IDEMPOTENCY],
-                    "requestBody": {"required": False, **_json("Empty")},
-                    "responses": {"202": {"description": "Queued"}, **_errors(400, 401, 404, 409)},
+                    "requestBody": _body(EmptyRequest, required=False),
+                    "responses": {
+                        "202": _json(QueuedDeliveryObject, "Queued for one more attempt"),
+                        **_errors(400, 401, 404, 409),
+                    },
                 }
             },
             "/v1/payments/{id}/close": {
                 "post": {
                     "operationId": "closePayment",
                     "parameters": [_ID, _IDEMPOTENCY],
-                    "requestBody": {"required": False, **_json("Empty")},
-                    "responses": {"200": payment_ok, **_errors(400, 401, 404, 409, 503)},
+                    "requestBody": _body(EmptyRequest, required=False),
+                    "responses": {"200": payment, **_errors(400, 401, 404, 409, 503)},
                 }
             },
         },

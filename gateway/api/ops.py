@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import web
 
@@ -17,22 +15,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    svc = services(request)
-    checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(2):
-            await svc.pool.fetchval("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        async with asyncio.timeout(2):
-            await svc.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    routing = svc.channels.holder
-    checks["routing"] = f"ok ({routing.current.version})"
+    checks = await services(request).readiness()
     ready = all(v.startswith("ok") for v in checks.values())
     return web.Response(
         status=200 if ready else 503,

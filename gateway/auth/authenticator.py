@@ -27,14 +27,13 @@ from gateway import metrics
 from gateway.auth.secretbox import SecretBox
 from gateway.auth.signature import (
     NONCE_TTL_S,
-    AuthError,
-    KeyType,
     Verifier,
     check_timestamp,
     parse_authorization,
     signed_message,
 )
-from gateway.errors import ApiError
+from gateway.domain.errors import AuthFailed, ServiceUnavailable
+from gateway.domain.records import KeyType
 from gateway.store import merchants as store
 from gateway.store.db import Pool
 
@@ -99,11 +98,13 @@ class Authenticator:
     async def authenticate(
         self, method: str, path_and_query: str, body: bytes, header: str | None
     ) -> AuthenticatedMerchant:
+        """The merchant and key a request is signed with. Raises AuthFailed (the signature
+        does not hold), ServiceUnavailable (the nonce cache or the master key is missing)."""
         try:
             return await self._authenticate(method, path_and_query, body, header)
-        except AuthError as exc:
+        except AuthFailed as exc:
             metrics.AUTH_FAILURES.labels(code=exc.code).inc()
-            raise ApiError(401, exc.code, exc.detail) from None
+            raise
 
     async def _authenticate(
         self, method: str, path_and_query: str, body: bytes, header: str | None
@@ -112,7 +113,7 @@ class Authenticator:
         try:
             key_type = KeyType(auth.alg.lower())
         except ValueError:
-            raise AuthError(
+            raise AuthFailed(
                 "malformed_authorization",
                 f"Unknown algorithm GW1-{auth.alg}; use HMAC-SHA256, ED25519 or RSA-SHA256.",
             ) from None
@@ -120,15 +121,15 @@ class Authenticator:
         check_timestamp(auth.timestamp, now)
         cached = await self._key(auth.key_id, now)
         if cached is None:
-            raise AuthError("unknown_key", f"No active key {auth.key_id!r}.")
+            raise AuthFailed("unknown_key", f"No active key {auth.key_id!r}.")
         if cached.verifier.key_type is not key_type:
-            raise AuthError(
+            raise AuthFailed(
                 "algorithm_mismatch",
                 f"Key {auth.key_id} is a {cached.verifier.key_type.header_alg} key.",
             )
         message = signed_message(method, path_and_query, auth.timestamp, auth.nonce, body)
         if not cached.verifier.verify(message, auth.signature):
-            raise AuthError("invalid_signature", "The signature does not verify.")
+            raise AuthFailed("invalid_signature", "The signature does not verify.")
         await self._consume_nonce(auth.key_id, auth.nonce, auth.timestamp)
         return AuthenticatedMerchant(merchant_id=cached.merchant_id, key_id=auth.key_id)
 
@@ -136,19 +137,19 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and cached.expires > now:
             return cached
-        row = await store.active_key(self._pool, key_id)
-        if row is None:
+        key = await store.active_key(self._pool, key_id)
+        if key is None:
             self._cache.pop(key_id, None)
             return None
-        key_type = KeyType(row["key_type"])
-        if key_type is KeyType.HMAC_SHA256:
+        if key.key_type is KeyType.HMAC_SHA256:
             if self._box is None:
-                raise ApiError(503, "service_unavailable", "The master key is not configured.")
-            secret = self._box.open(bytes(row["secret_enc"]), row["id"])
-            verifier = Verifier(key_type, secret=secret)
+                raise ServiceUnavailable("The master key is not configured.")
+            assert key.secret_enc is not None, "an HMAC key has a secret (CHECK constraint)"
+            secret = self._box.open(key.secret_enc, key.id)
+            verifier = Verifier(key.key_type, secret=secret)
         else:
-            verifier = Verifier(key_type, public_key_pem=row["public_key_pem"])
-        cached = _CachedKey(row["merchant_id"], verifier, now + self._ttl)
+            verifier = Verifier(key.key_type, public_key_pem=key.public_key_pem)
+        cached = _CachedKey(key.merchant_id, verifier, now + self._ttl)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key_id] = cached
@@ -164,21 +165,17 @@ class Authenticator:
             )
         except (RedisError, OSError) as exc:
             log.error("nonce_cache_unavailable", error=repr(exc))
-            raise ApiError(
-                503,
-                "service_unavailable",
+            raise ServiceUnavailable(
                 "The replay cache is unavailable; the request was not processed.",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             ) from None
         if answer == 0:
-            raise AuthError("nonce_replayed", "This nonce was already used with this key.")
+            raise AuthFailed("nonce_replayed", "This nonce was already used with this key.")
         if answer < 0:
             metrics.AUTH_FAILURES.labels(code="nonce_cache_reset").inc()
             log.warning("nonce_cache_reset", epoch=-answer, timestamp=timestamp)
-            raise ApiError(
-                503,
-                "service_unavailable",
+            raise ServiceUnavailable(
                 "The replay cache was reset after this request was signed, so its nonce "
                 "cannot be checked; sign the request again and retry.",
-                headers={"Retry-After": "0"},
+                retry_after_s=0,
             )

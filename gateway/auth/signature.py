@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import hmac
 import re
@@ -15,29 +14,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from gateway.domain.errors import AuthFailed
+from gateway.domain.records import KeyType as KeyType  # re-exported: callers sign with it
+
 TIMESTAMP_WINDOW_S = 300
 NONCE_TTL_S = 900
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 _HEADER = re.compile(r"^GW1-(?P<alg>[A-Z0-9-]+) (?P<params>.*)$", re.DOTALL)
 _PARAM = re.compile(r'\s*([a-z_]+)="([^"]*)"\s*(?:,|$)')
-
-
-class KeyType(enum.StrEnum):
-    HMAC_SHA256 = "hmac-sha256"
-    ED25519 = "ed25519"
-    RSA_SHA256 = "rsa-sha256"
-
-    @property
-    def header_alg(self) -> str:
-        return self.value.upper()
-
-
-class AuthError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +36,10 @@ class ParsedAuthorization:
 
 def parse_authorization(header: str | None) -> ParsedAuthorization:
     if not header:
-        raise AuthError("malformed_authorization", "The Authorization header is missing.")
+        raise AuthFailed("malformed_authorization", "The Authorization header is missing.")
     match = _HEADER.match(header.strip())
     if match is None:
-        raise AuthError(
+        raise AuthFailed(
             "malformed_authorization",
             'Expected: GW1-<ALG> key_id="…",timestamp="…",nonce="…",signature="…".',
         )
@@ -64,37 +49,37 @@ def parse_authorization(header: str | None) -> ParsedAuthorization:
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
         if m is None or m.end() == pos:
-            raise AuthError(
+            raise AuthFailed(
                 "malformed_authorization", "The Authorization parameters are malformed."
             )
         if m.group(1) in params:
-            raise AuthError("malformed_authorization", f"Parameter {m.group(1)} is repeated.")
+            raise AuthFailed("malformed_authorization", f"Parameter {m.group(1)} is repeated.")
         params[m.group(1)] = m.group(2)
         pos = m.end()
     expected = {"key_id", "timestamp", "nonce", "signature"}
     if set(params) != expected:
         missing = sorted(expected - set(params))
         extra = sorted(set(params) - expected)
-        raise AuthError(
+        raise AuthFailed(
             "malformed_authorization",
             f"Authorization needs exactly key_id, timestamp, nonce and signature"
             f"{'; missing ' + ', '.join(missing) if missing else ''}"
             f"{'; unexpected ' + ', '.join(extra) if extra else ''}.",
         )
     if not _TIMESTAMP.match(params["timestamp"]):
-        raise AuthError("malformed_authorization", "timestamp must be unix seconds.")
+        raise AuthFailed("malformed_authorization", "timestamp must be unix seconds.")
     if not _NONCE.match(params["nonce"]):
-        raise AuthError(
+        raise AuthFailed(
             "malformed_authorization", "nonce must be 16 to 64 characters of [A-Za-z0-9_-]."
         )
     if not params["key_id"] or len(params["key_id"]) > 64:
-        raise AuthError("malformed_authorization", "key_id is empty or too long.")
+        raise AuthFailed("malformed_authorization", "key_id is empty or too long.")
     try:
         signature = base64.b64decode(params["signature"], validate=True)
     except (binascii.Error, ValueError):
-        raise AuthError("malformed_authorization", "signature must be standard base64.") from None
+        raise AuthFailed("malformed_authorization", "signature must be standard base64.") from None
     if not signature:
-        raise AuthError("malformed_authorization", "signature is empty.")
+        raise AuthFailed("malformed_authorization", "signature is empty.")
     return ParsedAuthorization(
         alg=match.group("alg"),
         key_id=params["key_id"],
@@ -113,7 +98,7 @@ def signed_message(
 
 def check_timestamp(timestamp: int, now: float) -> None:
     if abs(now - timestamp) > TIMESTAMP_WINDOW_S:
-        raise AuthError(
+        raise AuthFailed(
             "timestamp_out_of_window",
             f"timestamp is more than {TIMESTAMP_WINDOW_S} s from the gateway clock.",
         )

@@ -1,6 +1,6 @@
-"""Identifiers: a prefix and 24 characters of Crockford base32 (48 bits of milliseconds, then
-72 random bits), so ids sort by creation time and fit the channels' order-id limits
-(`pay_<24>_<seq>` is 30 characters; WeChat allows 32)."""
+"""Identifiers: a prefix and 24 characters of Crockford base32 (10 for the milliseconds since the
+epoch, 50 bits; 14 for 70 random bits), so ids sort by creation time and fit the channels'
+order-id limits (`pay_<24>_<seq>` is 30 characters; WeChat allows 32)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,3 @@ def _encode(value: int, length: int) -> str:
 def new_id(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
     return f"{prefix}_{_encode(millis, 10)}{_encode(secrets.randbits(70), 14)}"
-
-
-def random_token(nbytes: int = 24) -> str:
-    return secrets.token_urlsafe(nbytes)

@@ -1,16 +1,44 @@
-"""Merchant request bodies (strict: unknown fields, floats, booleans and strings as amounts are
-refused) and the rendering of stored rows into the API's objects. Pure."""
+"""The merchant API's bodies: requests (strict: unknown fields, floats, booleans and strings as
+amounts are refused) and the objects it answers with, rendered from the store's records
+(`gateway.domain.records`). The OpenAPI document is generated from these models
+(`gateway.api.openapi`), so what it describes is what is sent. Pure."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+)
 
-from gateway.domain.states import EVENT_TYPES
+from gateway.domain.errors import TITLES, FieldError
+from gateway.domain.records import (
+    CallbackAttempt,
+    Delivery,
+    Failure,
+    Payment,
+    QueuedDelivery,
+    Refund,
+    WebhookEndpoint,
+)
+from gateway.domain.states import (
+    EVENT_TYPES,
+    DeliveryStatus,
+    EndpointStatus,
+    PaymentStatus,
+    RefundStatus,
+)
 
 METHODS = ("card", "wechat_qr", "alipay_qr", "unionpay_qr")
 MAX_AMOUNT = 10**11
@@ -100,10 +128,7 @@ class CreateWebhookEndpointRequest(_Strict):
         return value
 
 
-class Row(Protocol):
-    """A stored row: a dict or a database record."""
-
-    def __getitem__(self, key: str, /) -> Any: ...
+# ---- the objects the API answers with ---------------------------------------------------------
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -112,90 +137,302 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def payment_view(row: Row) -> dict[str, Any]:
-    failure = None
-    if row["failure_code"]:
-        failure = {"code": row["failure_code"], "message": row["failure_message"] or ""}
-    pending = row["status"] == "pending"
-    return {
-        "id": row["id"],
-        "object": "payment",
-        "merchant_order_id": row["merchant_order_id"],
-        "status": row["status"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "method": row["method"],
-        "description": row["description"],
-        "channel": row["channel"],
-        "channel_order_id": row["channel_order_id"],
-        "channel_trade_no": row["channel_trade_no"],
-        "next_action": row["next_action"] if pending else None,
-        "refunded_amount": row["refunded_amount"],
-        "failure": failure,
-        "notify_url": row["notify_url"],
-        "metadata": row["metadata"] or {},
-        "created_at": rfc3339(row["created_at"]),
-        "expires_at": rfc3339(row["expires_at"]),
-        "paid_at": rfc3339(row["paid_at"]),
-    }
+def _rfc3339_ms(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def refund_view(row: Row) -> dict[str, Any]:
-    failure = None
-    if row["failure_code"]:
-        failure = {"code": row["failure_code"], "message": row["failure_message"] or ""}
-    return {
-        "id": row["id"],
-        "object": "refund",
-        "payment_id": row["payment_id"],
-        "merchant_refund_id": row["merchant_refund_id"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "reason": row["reason"],
-        "status": row["status"],
-        "failure": failure,
-        "created_at": rfc3339(row["created_at"]),
-        "completed_at": rfc3339(row["completed_at"]),
-    }
+_DATE_TIME = WithJsonSchema({"type": "string", "format": "date-time"})
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str), _DATE_TIME]
+"""A moment, rendered RFC 3339 in UTC to the second."""
+TimestampMs = Annotated[datetime, PlainSerializer(_rfc3339_ms, return_type=str), _DATE_TIME]
+"""A moment, rendered RFC 3339 in UTC to the millisecond."""
+
+
+class _Object(BaseModel):
+    """An object the API sends: every member always present (null when it has no value)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+    )
+
+    def to_json(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self)
+
+
+class FailureObject(_Object):
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, failure: Failure | None) -> FailureObject | None:
+        return None if failure is None else cls(code=failure.code, message=failure.message)
+
+
+class NextActionObject(_Object):
+    type: Literal["qr_code", "redirect"]
+    url: str
+
+
+class PaymentObject(_Object):
+    id: str
+    object: Literal["payment"] = "payment"
+    merchant_order_id: str
+    status: PaymentStatus
+    amount: int
+    currency: str
+    method: str
+    description: str
+    channel: str | None
+    channel_order_id: str | None
+    channel_trade_no: str | None
+    next_action: NextActionObject | None
+    """While the payment is pending; null after."""
+    refunded_amount: int
+    failure: FailureObject | None
+    notify_url: str | None
+    metadata: dict[str, str]
+    created_at: Timestamp
+    expires_at: Timestamp
+    paid_at: Timestamp | None
+
+    @classmethod
+    def of(cls, p: Payment) -> PaymentObject:
+        next_action = None
+        if p.status is PaymentStatus.PENDING and p.next_action is not None:
+            next_action = NextActionObject.model_validate(
+                {"type": p.next_action.type, "url": p.next_action.url}
+            )
+        return cls(
+            id=p.id,
+            merchant_order_id=p.merchant_order_id,
+            status=p.status,
+            amount=p.amount,
+            currency=p.currency,
+            method=p.method,
+            description=p.description,
+            channel=p.channel,
+            channel_order_id=p.channel_order_id,
+            channel_trade_no=p.channel_trade_no,
+            next_action=next_action,
+            refunded_amount=p.refunded_amount,
+            failure=FailureObject.of(p.failure),
+            notify_url=p.notify_url,
+            metadata=p.metadata,
+            created_at=p.created_at,
+            expires_at=p.expires_at,
+            paid_at=p.paid_at,
+        )
+
+
+class RefundObject(_Object):
+    id: str
+    object: Literal["refund"] = "refund"
+    payment_id: str
+    merchant_refund_id: str
+    amount: int
+    currency: str
+    reason: str | None
+    status: RefundStatus
+    failure: FailureObject | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
+
+    @classmethod
+    def of(cls, r: Refund) -> RefundObject:
+        return cls(
+            id=r.id,
+            payment_id=r.payment_id,
+            merchant_refund_id=r.merchant_refund_id,
+            amount=r.amount,
+            currency=r.currency,
+            reason=r.reason,
+            status=r.status,
+            failure=FailureObject.of(r.failure),
+            created_at=r.created_at,
+            completed_at=r.completed_at,
+        )
+
+
+class WebhookEndpointObject(_Object):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    status: EndpointStatus
+    disabled_reason: str | None
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, e: WebhookEndpoint) -> WebhookEndpointObject:
+        return cls(
+            id=e.id,
+            url=e.url,
+            events=list(e.events),
+            status=e.status,
+            disabled_reason=e.disabled_reason,
+            created_at=e.created_at,
+        )
+
+
+class CallbackAttemptObject(_Object):
+    attempted_at: TimestampMs
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
+    response_body: str | None
+
+    @classmethod
+    def of(cls, a: CallbackAttempt) -> CallbackAttemptObject:
+        return cls(
+            attempted_at=a.attempted_at,
+            status_code=a.status_code,
+            latency_ms=a.latency_ms,
+            error=a.error,
+            response_body=a.response_body,
+        )
+
+
+PublicDeliveryStatus = Literal["pending", "succeeded", "failed"]
+_PUBLIC_DELIVERY_STATUS: dict[DeliveryStatus, PublicDeliveryStatus] = {
+    DeliveryStatus.PENDING: "pending",
+    DeliveryStatus.SUCCEEDED: "succeeded",
+    DeliveryStatus.FAILED: "failed",
+}
+
+
+class WebhookDeliveryObject(_Object):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event_id: str
+    event_type: str
+    endpoint_id: str | None
+    """Null for the payment's own notify_url."""
+    url: str
+    status: PublicDeliveryStatus
+    attempts: int
+    next_attempt_at: Timestamp | None
+    """While the delivery waits for its next attempt."""
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: Timestamp | None
+    created_at: Timestamp
+    attempt_log: list[CallbackAttemptObject]
+
+    @classmethod
+    def of(cls, d: Delivery) -> WebhookDeliveryObject:
+        return cls(
+            id=d.id,
+            event_id=d.event_id,
+            event_type=d.event_type,
+            endpoint_id=d.endpoint_id,
+            url=d.url,
+            status=_PUBLIC_DELIVERY_STATUS[d.status.public],
+            attempts=d.attempts,
+            next_attempt_at=d.next_attempt_at if d.status is DeliveryStatus.PENDING else None,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            delivered_at=d.delivered_at,
+            created_at=d.created_at,
+            attempt_log=[CallbackAttemptObject.of(a) for a in d.attempt_log],
+        )
+
+
+class QueuedDeliveryObject(_Object):
+    """The answer to a retry: the delivery waits for its next attempt, which is now."""
+
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    status: Literal["pending"] = "pending"
+    event_id: str
+
+    @classmethod
+    def of(cls, q: QueuedDelivery) -> QueuedDeliveryObject:
+        return cls(id=q.id, event_id=q.event_id)
+
+
+class WebhookEndpointList(_Object):
+    data: list[WebhookEndpointObject]
+    has_more: bool
+
+
+class WebhookDeliveryList(_Object):
+    data: list[WebhookDeliveryObject]
+    has_more: bool
+
+
+class FieldErrorObject(_Object):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457 problem details, API.md §1.2). The members after `request_id`
+    are present only when they apply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: Annotated[str, Field(json_schema_extra={"enum": sorted(TITLES)})]
+    request_id: str
+    errors: list[FieldErrorObject] | None = None
+    """Field errors (400 invalid_request)."""
+    payment_id: str | None = None
+    """The payment a duplicate merchant_order_id belongs to."""
+    refund_id: str | None = None
+    """The refund a duplicate merchant_refund_id belongs to."""
+    rule: str | None = None
+    """The risk rule that refused the payment."""
+
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        code: str,
+        detail: str,
+        request_id: str,
+        errors: Sequence[FieldError] = (),
+        members: Mapping[str, str] | None = None,
+    ) -> Problem:
+        return cls.model_validate(
+            {
+                "type": f"https://docs.gateway.example/errors/{code}",
+                "title": TITLES.get(code, code.replace("_", " ").capitalize()),
+                "status": status,
+                "detail": detail,
+                "code": code,
+                "request_id": request_id,
+                "errors": [{"field": e.field, "message": e.message} for e in errors] or None,
+                **(members or {}),
+            }
+        )
+
+    def to_json(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    PaymentObject,
+    RefundObject,
+    WebhookEndpointObject,
+    WebhookEndpointList,
+    WebhookDeliveryObject,
+    WebhookDeliveryList,
+    QueuedDeliveryObject,
+    Problem,
+)
+"""Every body the merchant API answers with (the OpenAPI document describes each)."""
 
 
 def event_body(
-    event_id: str, event_type: str, created_at: datetime, obj: dict[str, Any]
+    event_id: str, event_type: str, created_at: datetime, obj: PaymentObject | RefundObject
 ) -> dict[str, Any]:
+    """A callback's body (API.md §2): the event and the object as it is after the event."""
     return {
         "id": event_id,
         "type": event_type,
         "created_at": rfc3339(created_at),
-        "data": {"object": obj},
-    }
-
-
-def endpoint_view(row: Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "object": "webhook_endpoint",
-        "url": row["url"],
-        "events": list(row["events"]),
-        "status": row["status"],
-        "disabled_reason": row["disabled_reason"],
-        "created_at": rfc3339(row["created_at"]),
-    }
-
-
-def delivery_view(row: Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "object": "webhook_delivery",
-        "event_id": row["event_id"],
-        "event_type": row["event_type"],
-        "endpoint_id": row["endpoint_id"],
-        "url": row["url"],
-        "status": "pending" if row["status"] == "delivering" else row["status"],
-        "attempts": row["attempts"],
-        "next_attempt_at": rfc3339(row["next_attempt_at"]) if row["status"] == "pending" else None,
-        "last_status_code": row["last_status_code"],
-        "last_error": row["last_error"],
-        "delivered_at": rfc3339(row["delivered_at"]),
-        "created_at": rfc3339(row["created_at"]),
-        "attempt_log": row["attempt_log"],
+        "data": {"object": obj.model_dump(mode="json")},
     }

@@ -1,6 +1,10 @@
-"""The state machines of payments, attempts and callback deliveries: the allowed transitions in
-one place. Services check every change here, under the payment's row lock, so a duplicate or
-late notification can never move a payment backwards or pay it twice."""
+"""Every stored status as an enum, and the state machines of payments, attempts, refunds and
+callback deliveries: the allowed transitions in one place. Services check payment, attempt and
+refund changes here under the payment's row lock, so a duplicate or late notification can never
+move a payment backwards or pay it twice; a delivery's moves are made by the dispatcher's
+statements (`gateway.store.webhooks`), whose results are checked here. Migration
+0006_status_checks.sql lets each status column hold exactly its enum's values (a unit test keeps
+the two equal)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,56 @@ class AttemptStatus(enum.StrEnum):
 class RefundStatus(enum.StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A callback delivery (one event to one destination)."""
+
+    PENDING = "pending"
+    """Waiting for its `next_attempt_at`."""
+    DELIVERING = "delivering"
+    """Claimed by a dispatcher, whose lease (`locked_until`) runs while it makes an attempt."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """The schedule is exhausted, the receiver said 410 Gone, the destination is refused or
+    its endpoint is disabled: waits for a manual retry."""
+
+    @property
+    def public(self) -> DeliveryStatus:
+        """What the merchant sees: an attempt under way is still `pending` to them."""
+        return DeliveryStatus.PENDING if self is DeliveryStatus.DELIVERING else self
+
+
+class EndpointStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    """It answered 410 Gone: no more deliveries to it."""
+    DELETED = "deleted"
+
+
+class KeyStatus(enum.StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class IdempotencyState(enum.StrEnum):
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+
+
+class NotificationOutcome(enum.StrEnum):
+    """Why a channel's notification was not applied (it is kept for operators)."""
+
+    REJECTED = "rejected"
+    """Its signature or format did not verify."""
+    UNKNOWN_ORDER = "unknown_order"
+
+
+class RunStatus(enum.StrEnum):
+    """A reconciliation run."""
+
+    COMPLETED = "completed"
     FAILED = "failed"
 
 
@@ -75,6 +129,23 @@ REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
     RefundStatus.FAILED: frozenset(),
 }
 
+DELIVERY_TRANSITIONS: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
+    # claimed by a dispatcher; or failed unsent when its endpoint is disabled
+    DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERING, DeliveryStatus.FAILED}),
+    # the attempt's result; or claimed again when the lease ran out (its dispatcher died)
+    DeliveryStatus.DELIVERING: frozenset(
+        {
+            DeliveryStatus.SUCCEEDED,
+            DeliveryStatus.PENDING,
+            DeliveryStatus.FAILED,
+            DeliveryStatus.DELIVERING,
+        }
+    ),
+    DeliveryStatus.SUCCEEDED: frozenset(),
+    # the merchant's manual retry (POST /v1/webhook-deliveries/{id}/retry)
+    DeliveryStatus.FAILED: frozenset({DeliveryStatus.PENDING}),
+}
+
 
 def payment_can(current: PaymentStatus | str, target: PaymentStatus | str) -> bool:
     return PaymentStatus(target) in PAYMENT_TRANSITIONS[PaymentStatus(current)]
@@ -88,6 +159,10 @@ def refund_can(current: RefundStatus | str, target: RefundStatus | str) -> bool:
     return RefundStatus(target) in REFUND_TRANSITIONS[RefundStatus(current)]
 
 
+def delivery_can(current: DeliveryStatus | str, target: DeliveryStatus | str) -> bool:
+    return DeliveryStatus(target) in DELIVERY_TRANSITIONS[DeliveryStatus(current)]
+
+
 def attempt_is_open(status: AttemptStatus | str) -> bool:
     return AttemptStatus(status) in _OPEN_ATTEMPT
 
@@ -98,6 +173,11 @@ EVENT_FOR_PAYMENT_STATUS: dict[PaymentStatus, str] = {
     PaymentStatus.CLOSED: "payment.closed",
 }
 
+EVENT_FOR_REFUND_STATUS: dict[RefundStatus, str] = {
+    RefundStatus.SUCCEEDED: "refund.succeeded",
+    RefundStatus.FAILED: "refund.failed",
+}
+
 EVENT_TYPES: frozenset[str] = frozenset(
-    {"payment.succeeded", "payment.failed", "payment.closed", "refund.succeeded", "refund.failed"}
+    {*EVENT_FOR_PAYMENT_STATUS.values(), *EVENT_FOR_REFUND_STATUS.values()}
 )

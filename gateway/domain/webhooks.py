@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
+from gateway.domain.states import DeliveryStatus
+
 RETRY_AFTER_CAP_S = 86400.0
 """A Retry-After beyond a day is read as a day."""
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -101,10 +103,11 @@ class Outcome:
     """Seconds until the next attempt (verdict `retry` only)."""
 
     @property
-    def delivery_status(self) -> Literal["succeeded", "pending", "failed"]:
+    def delivery_status(self) -> DeliveryStatus:
+        """The delivery's status after this attempt."""
         if self.verdict == "succeeded":
-            return "succeeded"
-        return "pending" if self.verdict == "retry" else "failed"
+            return DeliveryStatus.SUCCEEDED
+        return DeliveryStatus.PENDING if self.verdict == "retry" else DeliveryStatus.FAILED
 
 
 def classify(

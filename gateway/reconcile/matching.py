@@ -184,7 +184,8 @@ def classify(
 def _result(
     outcome: Outcome, line: StatementLine | None, ours: OurRecord | None, note: str | None
 ) -> MatchResult:
-    source: Any = line if line is not None else ours
+    source: StatementLine | OurRecord | None = line if line is not None else ours
+    assert source is not None, "a result has a statement line, a record of ours, or both"
     return MatchResult(
         outcome=outcome,
         kind=source.kind,

@@ -19,6 +19,8 @@ import structlog
 
 from adapters.base import ChannelAdapter, StatementKind
 from gateway.domain.ids import new_id
+from gateway.domain.records import ReconciliationLine, ReconciliationRun
+from gateway.domain.states import RunStatus
 from gateway.reconcile.matching import (
     Matcher,
     MatchResult,
@@ -28,7 +30,7 @@ from gateway.reconcile.matching import (
     china_day_bounds,
     normalize_status,
 )
-from gateway.reconcile.settlement import PaymentGroup, RefundGroup, settle
+from gateway.reconcile.settlement import settle
 from gateway.store import reconcile as store
 from gateway.store.db import Connection, Pool
 from routing.loader import LoadedRouting
@@ -133,7 +135,7 @@ async def reconcile(
             channel,
             day,
             started,
-            status="failed",
+            status=RunStatus.FAILED,
             error=message,
             finished_at=datetime.now(UTC),
         )
@@ -154,30 +156,30 @@ async def reconcile(
 async def _our_day(conn: Connection, channel: str, day: date) -> OurSide:
     start, end = china_day_bounds(day)
     ours = OurSide()
-    async for row in store.day_payments(conn, channel, start, end):
+    async for payment in store.day_payments(conn, channel, start, end):
         ours.add(
             OurRecord(
                 kind=StatementKind.PAYMENT,
                 channel=channel,
-                channel_order_id=row["channel_order_id"],
-                amount=row["amount"],
+                channel_order_id=payment.channel_order_id,
+                amount=payment.amount,
                 status="succeeded",
-                merchant_id=row["merchant_id"],
-                payment_id=row["id"],
+                merchant_id=payment.merchant_id,
+                payment_id=payment.id,
             )
         )
-    async for row in store.day_refunds(conn, channel, start, end):
+    async for refund in store.day_refunds(conn, channel, start, end):
         ours.add(
             OurRecord(
                 kind=StatementKind.REFUND,
                 channel=channel,
-                channel_order_id=row["channel_order_id"],
-                amount=row["amount"],
+                channel_order_id=refund.channel_order_id,
+                amount=refund.amount,
                 status="succeeded",
-                merchant_id=row["merchant_id"],
-                payment_id=row["payment_id"],
-                refund_id=row["id"],
-                channel_refund_id=row["channel_refund_id"],
+                merchant_id=refund.merchant_id,
+                payment_id=refund.payment_id,
+                refund_id=refund.id,
+                channel_refund_id=refund.channel_refund_id,
             )
         )
     return ours
@@ -190,37 +192,37 @@ async def _resolve(conn: Connection, matcher: Matcher, channels: list[str]) -> l
     order_ids, refund_ids = matcher.deferred_keys()
     found: list[OurRecord] = []
     if order_ids:
-        for row in await store.find_attempts(conn, channels, order_ids):
+        for attempt in await store.find_attempts(conn, channels, order_ids):
             # the payment's status speaks for its current attempt; an earlier attempt (failed
             # over, failed) speaks for itself
-            current = row["payment_channel_order_id"] == row["channel_order_id"]
-            status = normalize_status(row["payment_status"] if current else row["attempt_status"])
+            current = attempt.payment_channel_order_id == attempt.channel_order_id
+            status = normalize_status(attempt.payment_status if current else attempt.attempt_status)
             found.append(
                 OurRecord(
                     kind=StatementKind.PAYMENT,
-                    channel=row["channel"],
-                    channel_order_id=row["channel_order_id"],
-                    amount=row["amount"],
+                    channel=attempt.channel,
+                    channel_order_id=attempt.channel_order_id,
+                    amount=attempt.amount,
                     status=status,
-                    merchant_id=row["merchant_id"],
-                    payment_id=row["payment_id"],
-                    booked_at=row["paid_at"] if status == "succeeded" else None,
+                    merchant_id=attempt.merchant_id,
+                    payment_id=attempt.payment_id,
+                    booked_at=attempt.paid_at if status == "succeeded" else None,
                 )
             )
     if refund_ids:
-        for row in await store.find_refunds(conn, channels, refund_ids):
+        for refund in await store.find_refunds(conn, channels, refund_ids):
             found.append(
                 OurRecord(
                     kind=StatementKind.REFUND,
-                    channel=row["channel"],
-                    channel_order_id=row["channel_order_id"],
-                    amount=row["amount"],
-                    status=normalize_status(row["status"]),
-                    merchant_id=row["merchant_id"],
-                    payment_id=row["payment_id"],
-                    refund_id=row["id"],
-                    channel_refund_id=row["channel_refund_id"],
-                    booked_at=row["completed_at"],
+                    channel=refund.channel,
+                    channel_order_id=refund.channel_order_id,
+                    amount=refund.amount,
+                    status=normalize_status(refund.status),
+                    merchant_id=refund.merchant_id,
+                    payment_id=refund.payment_id,
+                    refund_id=refund.id,
+                    channel_refund_id=refund.channel_refund_id,
+                    booked_at=refund.completed_at,
                 )
             )
     return matcher.resolve(found)
@@ -242,26 +244,37 @@ class _LineWriter:
     def __init__(self, conn: Connection, run_id: str) -> None:
         self._conn = conn
         self._run_id = run_id
-        self._rows: list[tuple[Any, ...]] = []
+        self._lines: list[ReconciliationLine] = []
         self._seq = 0
 
     async def add(self, results: Iterable[MatchResult]) -> None:
         for r in results:
             self._seq += 1
-            self._rows.append(
-                (
-                    self._run_id, self._seq, r.outcome.value, r.kind.value, r.channel_order_id,
-                    r.channel_refund_id, r.payment_id, r.refund_id, r.merchant_id, r.our_amount,
-                    r.their_amount, r.our_status, r.their_status, r.channel_trade_no, r.note,
+            self._lines.append(
+                ReconciliationLine(
+                    seq=self._seq,
+                    outcome=r.outcome.value,
+                    kind=r.kind.value,
+                    channel_order_id=r.channel_order_id,
+                    channel_refund_id=r.channel_refund_id,
+                    payment_id=r.payment_id,
+                    refund_id=r.refund_id,
+                    merchant_id=r.merchant_id,
+                    our_amount=r.our_amount,
+                    their_amount=r.their_amount,
+                    our_status=r.our_status,
+                    their_status=r.their_status,
+                    channel_trade_no=r.channel_trade_no,
+                    note=r.note,
                 )
-            )  # fmt: skip
-            if len(self._rows) >= COPY_BATCH:
+            )
+            if len(self._lines) >= COPY_BATCH:
                 await self.flush()
 
     async def flush(self) -> None:
-        if self._rows:
-            await store.copy_lines(self._conn, self._rows)
-            self._rows = []
+        if self._lines:
+            await store.copy_lines(self._conn, self._run_id, self._lines)
+            self._lines = []
 
 
 # ---- reading runs back ----------------------------------------------------------------------
@@ -273,16 +286,24 @@ async def export_csv(pool: Pool, run_id: str, out: TextIO) -> int:
     writer.writerow(CSV_COLUMNS)
     count = 0
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        async for row in store.run_lines(conn, run_id):
-            writer.writerow(["" if v is None else v for v in row.values()])
+        async for line in store.run_lines(conn, run_id):
+            writer.writerow(["" if v is None else v for v in _csv_row(line)])
             count += 1
     return count
 
 
-async def current_run(pool: Pool, channel: str, day: date) -> dict[str, Any] | None:
+def _csv_row(line: ReconciliationLine) -> tuple[object, ...]:
+    """A line's values in CSV_COLUMNS order."""
+    return (
+        line.seq, line.outcome, line.kind, line.channel_order_id, line.channel_refund_id,
+        line.payment_id, line.refund_id, line.merchant_id, line.our_amount, line.their_amount,
+        line.our_status, line.their_status, line.channel_trade_no, line.note,
+    )  # fmt: skip
+
+
+async def current_run(pool: Pool, channel: str, day: date) -> ReconciliationRun | None:
     """The completed run of a channel and day, as stored (counts and per-outcome amounts)."""
-    row = await store.current_run(pool, channel, day)
-    return dict(row) if row is not None else None
+    return await store.current_run(pool, channel, day)
 
 
 # ---- settlement -----------------------------------------------------------------------------
@@ -295,18 +316,10 @@ async def settlement_summary(
     JSON-ready: `{"date", "timezone", "data": [rows], "totals": {currency: totals}}`."""
     config = routing.config if isinstance(routing, LoadedRouting) else routing
     start, end = china_day_bounds(day)
-    payments = await store.settled_payment_groups(pool, start, end)
-    refunds = await store.settled_refund_groups(pool, start, end)
     settlement = settle(
         day,
-        (
-            PaymentGroup(r["merchant_id"], r["channel"], r["currency"], r["amount"], r["count"])
-            for r in payments
-        ),
-        (
-            RefundGroup(r["merchant_id"], r["channel"], r["currency"], r["count"], r["amount"])
-            for r in refunds
-        ),
+        await store.settled_payment_groups(pool, start, end),
+        await store.settled_refund_groups(pool, start, end),
         {name: channel.fee for name, channel in config.channels.items()},
     )
     return settlement.as_dict()

@@ -19,28 +19,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
+from gateway.domain.records import PaymentGroup, RefundGroup
 from routing.fees import fee_for
 from routing.schema import FeeConfig
 
-
-@dataclass(frozen=True, slots=True)
-class PaymentGroup:
-    """`count` succeeded payments of one `amount` (one merchant, channel and currency)."""
-
-    merchant_id: str
-    channel: str
-    currency: str
-    amount: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class RefundGroup:
-    merchant_id: str
-    channel: str
-    currency: str
-    count: int
-    amount: int
+__all__ = ["PaymentGroup", "RefundGroup", "Settlement", "SettlementRow", "settle"]
 
 
 @dataclass(slots=True)

@@ -1,12 +1,13 @@
 """The risk check a payment passes before routing: the rules in force (hot-reloaded), applied to
 the request, with the counters in Redis.
 
-A refusal is 403 `risk_rejected` naming the rule (`"rule": "<name>"` in the problem); it
-creates nothing, is logged (`risk_rejected`) and counted (`gateway_risk_rejections_total`).
+A refusal raises `RiskRejected` naming the rule (the merchant gets 403 `risk_rejected` with
+`"rule": "<name>"` in the problem); it creates nothing, is logged (`risk_rejected`) and counted
+(`gateway_risk_rejections_total`).
 
-Redis down: **fail closed**. Blocklists and amount limits need no Redis and still answer 403;
-a payment that daily caps or velocity rules apply to is refused with 503
-`service_unavailable` (`Retry-After: 1`) and nothing is created. The nonce check before this
+Redis down: **fail closed**. Blocklists and amount limits need no Redis and still refuse; a
+payment that daily caps or velocity rules apply to is refused with `ServiceUnavailable` (503
+`service_unavailable`, `Retry-After: 1`) and nothing is created. The nonce check before this
 already refuses every request while Redis is unreachable, so failing open here would buy no
 availability, only unenforced limits during a Redis failure that starts mid-request.
 """
@@ -20,8 +21,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.domain.errors import RiskRejected, ServiceUnavailable
 from gateway.domain.models import CreatePaymentRequest
-from gateway.errors import ApiError
 from gateway.risk.counters import RiskCounters
 from gateway.risk.loader import RiskHolder
 from gateway.risk.rules import Facts, Rejection, counter_checks, counter_rejection, static_rejection
@@ -47,7 +48,7 @@ class RiskEngine:
         return changed
 
     async def check(self, merchant_id: str, req: CreatePaymentRequest) -> None:
-        """Pass, or raise ApiError 403 `risk_rejected` (503 when the counters are unreachable).
+        """Pass, or raise RiskRejected (ServiceUnavailable when the counters are unreachable).
         A payment that passes is added to the counters of the rules that apply to it."""
         loaded = self.holder.current
         facts = Facts.of(
@@ -70,11 +71,9 @@ class RiskEngine:
                 )
             except (RedisError, OSError) as exc:
                 log.error("risk_counters_unavailable", merchant_id=merchant_id, error=repr(exc))
-                raise ApiError(
-                    503,
-                    "service_unavailable",
+                raise ServiceUnavailable(
                     "The risk counters are unavailable; the payment was not created.",
-                    headers={"Retry-After": "1"},
+                    retry_after_s=1,
                 ) from None
             if passed:  # within every limit, or a retry of a payment counted before
                 return
@@ -99,4 +98,4 @@ class RiskEngine:
             currency=req.currency,
             risk_version=version,
         )
-        raise ApiError(403, "risk_rejected", rejection.detail, extra={"rule": rejection.rule})
+        raise RiskRejected(rejection.detail, rejection.rule)

@@ -27,11 +27,9 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -40,6 +38,8 @@ from prometheus_client import Counter
 from gateway import logs, metrics
 from gateway.auth.secretbox import SecretBox
 from gateway.domain import webhooks
+from gateway.domain.records import CallbackAttemptResult, ClaimedDelivery
+from gateway.domain.states import DeliveryStatus, EndpointStatus, delivery_can
 from gateway.store import webhooks as store
 from gateway.store.db import Pool
 from gateway.store.payments import CALLBACK_CHANNEL
@@ -117,10 +117,10 @@ class GroupCommit:
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
-        self._waiting: list[tuple[store.AttemptResult, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[CallbackAttemptResult, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, result: store.AttemptResult) -> bool:
+    async def record(self, result: CallbackAttemptResult) -> bool:
         """Write one attempt's result; True when its delivery moved on (the lease was held)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((result, future))
@@ -129,7 +129,7 @@ class GroupCommit:
         return await future
 
     async def _write(self) -> None:
-        batch: list[tuple[store.AttemptResult, asyncio.Future[bool]]] = []
+        batch: list[tuple[CallbackAttemptResult, asyncio.Future[bool]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
@@ -157,7 +157,6 @@ class CallbackDispatcher:
         self,
         pool: Pool,
         box: SecretBox | None,
-        http: aiohttp.ClientSession | None = None,
         *,
         schedule: tuple[float, ...],
         allow_private: bool,
@@ -166,8 +165,8 @@ class CallbackDispatcher:
         concurrency: int,
         per_url_concurrency: int = PER_URL_CONCURRENCY,
     ) -> None:
-        """`http` is not used: callbacks go out through the dispatcher's own session (see the
-        module's docstring); the parameter stays for callers written before it had one."""
+        """Callbacks go out through the dispatcher's own HTTP session (`session`), opened
+        while it runs (see the module's docstring)."""
         self.pool = pool
         self.box = box
         self.schedule = schedule
@@ -190,7 +189,7 @@ class CallbackDispatcher:
         self.attempts_started = 0
         """Attempts this dispatcher has started (introspection; the metrics count them all)."""
 
-    def wake(self, *_: Any) -> None:
+    def wake(self, *_: object) -> None:
         self._wake.set()
 
     @contextlib.asynccontextmanager
@@ -265,28 +264,28 @@ class CallbackDispatcher:
         free = self.concurrency - len(self._tasks)
         if free <= 0:
             return 0
-        rows = await store.claim_due(self.pool, free, self._held, 2 * self.per_url, self.lease_s)
-        self.attempts_started += len(rows)
-        for row in rows:
-            url = row["url"]
+        claimed = await store.claim_due(self.pool, free, self._held, 2 * self.per_url, self.lease_s)
+        self.attempts_started += len(claimed)
+        for delivery in claimed:
+            url = delivery.url
             self._held[url] = self._held.get(url, 0) + 1
-            task = asyncio.create_task(self._deliver(row))
+            task = asyncio.create_task(self._deliver(delivery))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return len(rows)
+        return len(claimed)
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
         # each delivery is a task of its own (dispatch_due): its logs carry the request id of
         # what caused the event, as its requests do
         # (None for an event written before events had request ids)
-        logs.bind_request_id(row["request_id"])
-        url = row["url"]
+        logs.bind_request_id(delivery.request_id)
+        url = delivery.url
         if url not in self._gates:
             self._gates[url] = asyncio.Semaphore(self.per_url)
         try:
-            await self._attempt(row)
+            await self._attempt(delivery)
         except Exception:  # the lease runs out and the delivery is attempted again
-            log.exception("callback_attempt_crashed", delivery_id=row["id"])
+            log.exception("callback_attempt_crashed", delivery_id=delivery.id)
         finally:
             left = self._held[url] - 1
             if left:
@@ -295,48 +294,58 @@ class CallbackDispatcher:
                 del self._held[url], self._gates[url]
             self._wake.set()
 
-    def _secrets(self, row: asyncpg.Record) -> tuple[str, list[str]]:
+    def _secrets(self, delivery: ClaimedDelivery) -> tuple[str, list[str]]:
         if self.box is None:
             raise ValueError("GATEWAY_MASTER_KEY is not set: cannot sign callbacks")
-        merchant_id = row["merchant_id"]
-        current = self.box.open(bytes(row["secret_enc"]), merchant_id)
-        previous = row["previous_secret_enc"]
-        return current, [] if previous is None else [self.box.open(bytes(previous), merchant_id)]
+        merchant_id = delivery.merchant_id
+        current = self.box.open(delivery.secret_enc, merchant_id)
+        previous = delivery.previous_secret_enc
+        return current, [] if previous is None else [self.box.open(previous, merchant_id)]
 
-    async def _attempt(self, row: asyncpg.Record) -> None:
-        if row["endpoint_id"] is not None and row["endpoint_status"] != "active":
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        if delivery.endpoint_id is not None and delivery.endpoint_status is not (
+            EndpointStatus.ACTIVE
+        ):
             await self._record(
-                row, datetime.now(UTC), "failed", error="endpoint disabled: not sent"
+                delivery,
+                datetime.now(UTC),
+                DeliveryStatus.FAILED,
+                error="endpoint disabled: not sent",
             )
             DELIVERIES.labels(outcome="endpoint_disabled").inc()
             return
         try:
-            check_url(row["url"], self.allow_private)
-            secret, previous = self._secrets(row)
+            check_url(delivery.url, self.allow_private)
+            secret, previous = self._secrets(delivery)
         except DestinationRefused as exc:
-            await self._refused(row, datetime.now(UTC), exc)
+            await self._refused(delivery, datetime.now(UTC), exc)
             return
         except ValueError as exc:  # cannot sign: counts as a failed attempt, retried
             reason = f"cannot sign: {exc}"
-            await self._after(row, datetime.now(UTC), None, reason, None, None, None)
+            await self._after(delivery, datetime.now(UTC), None, reason, None, None, None)
             return
-        body = row["body"].encode()
+        body = delivery.body.encode()
         status: int | None = None
         error: str | None = None
         text: str | None = None
         retry_after: float | None = None
         refusal: DestinationRefused | None = None
         assert self._session is not None, "the dispatcher's session is open while it runs"
-        async with self._gates[row["url"]]:  # a turn at this URL, held by the request alone
+        async with self._gates[delivery.url]:  # a turn at this URL, held by the request alone
             started_at, started = datetime.now(UTC), time.monotonic()
             try:
                 headers = webhooks.headers(
-                    secret, row["event_id"], int(time.time()), body, previous, row["request_id"]
+                    secret,
+                    delivery.event_id,
+                    int(time.time()),
+                    body,
+                    previous,
+                    delivery.request_id,
                 )
                 async with (
                     asyncio.timeout(self.timeout_s),
                     self._session.post(
-                        row["url"], data=body, headers=headers, allow_redirects=False
+                        delivery.url, data=body, headers=headers, allow_redirects=False
                     ) as resp,
                 ):
                     status = resp.status
@@ -353,12 +362,14 @@ class CallbackDispatcher:
                 else:  # the status line arrived, the body did not: the status stands
                     error = f"reading the response: {type(exc).__name__}"
         if refusal is not None:
-            await self._refused(row, started_at, refusal)
+            await self._refused(delivery, started_at, refusal)
             return
         latency_ms = int((time.monotonic() - started) * 1000)
         metrics.CALLBACK_LATENCY.observe(latency_ms / 1000)
-        await self._after(row, started_at, status, error, retry_after, latency_ms, text)
-        log.debug("callback_attempted", delivery_id=row["id"], status=status, latency_ms=latency_ms)
+        await self._after(delivery, started_at, status, error, retry_after, latency_ms, text)
+        log.debug(
+            "callback_attempted", delivery_id=delivery.id, status=status, latency_ms=latency_ms
+        )
 
     @staticmethod
     async def _read_capped(resp: aiohttp.ClientResponse) -> str:
@@ -372,7 +383,7 @@ class CallbackDispatcher:
 
     async def _after(
         self,
-        row: asyncpg.Record,
+        delivery: ClaimedDelivery,
         started_at: datetime,
         status: int | None,
         error: str | None,
@@ -381,15 +392,15 @@ class CallbackDispatcher:
         text: str | None,
     ) -> None:
         """Apply the retry policy to an attempt's answer and record it."""
-        outcome = webhooks.classify(status, row["attempts"], self.schedule, retry_after)
-        bound = log.bind(delivery_id=row["id"], event_id=row["event_id"], status=status)
+        outcome = webhooks.classify(status, delivery.attempts, self.schedule, retry_after)
+        bound = log.bind(delivery_id=delivery.id, event_id=delivery.event_id, status=status)
         metrics.CALLBACK_ATTEMPTS.labels(
             outcome=outcome.verdict if outcome.verdict in ("succeeded", "gone") else "failed"
         ).inc()
         dropped = 0
         if outcome.verdict == "gone":
-            if row["endpoint_id"] is not None:
-                dropped = await store.disable_endpoint(self.pool, row["endpoint_id"], "410 Gone")
+            if delivery.endpoint_id is not None:
+                dropped = await store.disable_endpoint(self.pool, delivery.endpoint_id, "410 Gone")
                 error = "410 Gone: endpoint disabled"
             else:
                 error = "410 Gone: not retried"
@@ -397,7 +408,7 @@ class CallbackDispatcher:
         if outcome.delay_s is not None:
             next_at = datetime.now(UTC) + timedelta(seconds=outcome.delay_s)
         updated = await self._record(
-            row, started_at, outcome.delivery_status, status, error, latency_ms, text, next_at
+            delivery, started_at, outcome.delivery_status, status, error, latency_ms, text, next_at
         )
         if not updated:
             bound.warning("callback_lease_lost", hint="the attempt ran past its lease")
@@ -411,25 +422,25 @@ class CallbackDispatcher:
             outcome="failed" if outcome.verdict == "exhausted" else outcome.verdict
         ).inc()
         if outcome.verdict == "exhausted":
-            bound.warning("callback_gave_up", error=error, attempts=row["attempts"])
+            bound.warning("callback_gave_up", error=error, attempts=delivery.attempts)
         elif outcome.verdict == "gone":
             if dropped:
                 DELIVERIES.labels(outcome="endpoint_disabled").inc(dropped)
-            bound.warning("callback_gone", endpoint_id=row["endpoint_id"], dropped=dropped)
+            bound.warning("callback_gone", endpoint_id=delivery.endpoint_id, dropped=dropped)
 
     async def _refused(
-        self, row: asyncpg.Record, started_at: datetime, exc: DestinationRefused
+        self, delivery: ClaimedDelivery, started_at: datetime, exc: DestinationRefused
     ) -> None:
-        log.warning("callback_destination_refused", delivery_id=row["id"], reason=str(exc))
+        log.warning("callback_destination_refused", delivery_id=delivery.id, reason=str(exc))
         metrics.CALLBACK_ATTEMPTS.labels(outcome="refused").inc()
         DELIVERIES.labels(outcome="refused").inc()
-        await self._record(row, started_at, "failed", error=f"refused: {exc}")
+        await self._record(delivery, started_at, DeliveryStatus.FAILED, error=f"refused: {exc}")
 
     async def _record(
         self,
-        row: asyncpg.Record,
+        delivery: ClaimedDelivery,
         started_at: datetime,
-        status: str,
+        status: DeliveryStatus,
         status_code: int | None = None,
         error: str | None = None,
         latency_ms: int | None = None,
@@ -437,9 +448,10 @@ class CallbackDispatcher:
         next_at: datetime | None = None,
     ) -> bool:
         """Record the attempt (batched with others); False when the lease was lost."""
-        result = store.AttemptResult(
-            delivery_id=row["id"],
-            attempt_no=row["attempts"],
+        assert delivery_can(DeliveryStatus.DELIVERING, status), status
+        result = CallbackAttemptResult(
+            delivery_id=delivery.id,
+            attempt_no=delivery.attempts,
             status=status,
             next_attempt_at=next_at,
             status_code=status_code,

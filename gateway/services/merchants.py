@@ -6,19 +6,20 @@ import base64
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.auth.secretbox import SecretBox
-from gateway.auth.signature import KeyType, load_public_key
+from gateway.auth.signature import load_public_key
+from gateway.domain.errors import InvalidRequest
 from gateway.domain.ids import new_id
+from gateway.domain.records import KeyType
 from gateway.store import merchants as store
 from gateway.store.db import Pool
 
 MAX_ACTIVE_KEYS = 2
 
 
-class MerchantError(Exception):
-    pass
+class MerchantError(InvalidRequest):
+    """An operator's command that cannot be done as asked (the command line prints it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,8 @@ class IssuedKey:
     key_type: str
     secret: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def as_dict(self) -> dict[str, str]:
+        out = {
             "merchant_id": self.merchant_id,
             "key_id": self.key_id,
             "key_type": self.key_type,
@@ -71,7 +72,7 @@ async def create_merchant(
     webhook_secret = new_webhook_secret()
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_merchant(conn, merchant_id, name, box.seal(webhook_secret, merchant_id))
-        await store.insert_key(conn, key_id, merchant_id, key_type.value, secret_enc, pem)
+        await store.insert_key(conn, key_id, merchant_id, key_type, secret_enc, pem)
     return IssuedKey(merchant_id, key_id, key_type.value, secret), webhook_secret
 
 
@@ -88,7 +89,7 @@ async def rotate_key(
                 f"merchant {merchant_id} already has {MAX_ACTIVE_KEYS} active keys;"
                 " revoke one first (gateway merchant revoke-key --key-id …)"
             )
-        await store.insert_key(conn, key_id, merchant_id, key_type.value, secret_enc, pem)
+        await store.insert_key(conn, key_id, merchant_id, key_type, secret_enc, pem)
     return IssuedKey(merchant_id, key_id, key_type.value, secret)
 
 

@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -23,8 +22,24 @@ from adapters.base import (
     Outcome,
 )
 from gateway import logs, metrics, timing
+from gateway.domain.errors import (
+    ChannelUnavailable,
+    DuplicateMerchantOrderId,
+    GatewayError,
+    InvalidState,
+    NoRoute,
+    NotFound,
+)
 from gateway.domain.ids import new_id
-from gateway.domain.models import CreatePaymentRequest, event_body, payment_view
+from gateway.domain.models import CreatePaymentRequest, PaymentObject, event_body
+from gateway.domain.records import (
+    AttemptOutcome,
+    Event,
+    NewAttempt,
+    NewPayment,
+    NextAction,
+    Payment,
+)
 from gateway.domain.states import (
     EVENT_FOR_PAYMENT_STATUS,
     AttemptStatus,
@@ -33,7 +48,6 @@ from gateway.domain.states import (
     attempt_is_open,
     payment_can,
 )
-from gateway.errors import ApiError, not_found
 from gateway.risk.engine import RiskEngine
 from gateway.services.channels import ChannelRegistry
 from gateway.services.refunds import record_late_payment
@@ -49,8 +63,42 @@ CREATING_WAIT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class CreateOutcome:
-    payment: dict[str, Any]
+    payment: Payment
     created: bool
+    """False when the merchant_order_id was used before: `payment` is the one it made."""
+
+
+def new_attempt(
+    payment_id: str, seq: int, channel: str, adapter: ChannelAdapter, decision: RouteDecision
+) -> NewAttempt:
+    """Attempt number `seq` of a payment, at `channel` (the one place attempts are made)."""
+    return NewAttempt(
+        id=new_id("att"),
+        payment_id=payment_id,
+        seq=seq,
+        channel=channel,
+        adapter=adapter.adapter,
+        channel_order_id=adapter.channel_order_id(payment_id, seq),
+        routing_rule=decision.rule,
+        routing_version=decision.version,
+    )
+
+
+def attempt_outcome(result: ChannelResult | None) -> AttemptOutcome:
+    """What an attempt keeps of a channel's answer."""
+    if result is None:
+        return AttemptOutcome()
+    return AttemptOutcome(
+        channel_code=result.channel_code,
+        channel_message=result.channel_message,
+        decision=result.decision.value,
+        channel_trade_no=result.channel_trade_no,
+    )
+
+
+def next_action_of(result: ChannelResult) -> NextAction | None:
+    action = result.next_action
+    return None if action is None else NextAction(type=action.type, url=action.url)
 
 
 class PaymentService:
@@ -83,7 +131,7 @@ class PaymentService:
         same whatever the rules say now."""
         try:
             decision, first, remaining, max_attempts = await self._route(merchant_id, req)
-        except ApiError:
+        except GatewayError:
             existing = await store.get_payment_by_order(
                 self.pool, merchant_id, req.merchant_order_id
             )
@@ -94,23 +142,16 @@ class PaymentService:
         payment_id = new_id("pay")
         adapter = self.channels.adapter(first.channel)
         assert adapter is not None
-        attempt = {
-            "id": new_id("att"),
-            "payment_id": payment_id,
-            "seq": 1,
-            "channel": first.channel,
-            "adapter": adapter.adapter,
-            "channel_order_id": adapter.channel_order_id(payment_id, 1),
-            "routing_rule": decision.rule,
-            "routing_version": decision.version,
-        }
+        attempt = new_attempt(payment_id, 1, first.channel, adapter, decision)
         try:
-            row = await self._insert(merchant_id, req, payment_id, now, attempt)
+            payment = await store.insert_payment_with_attempt(
+                self.pool, _new_payment(payment_id, merchant_id, req, now), attempt
+            )
         except BaseException:
             if first.probe:
                 await self.channels.release_probe(first.channel)
             raise
-        if row is None:  # a concurrent request with the same merchant_order_id won the insert
+        if payment is None:  # a concurrent request with the same merchant_order_id won the insert
             if first.probe:
                 await self.channels.release_probe(first.channel)
             existing = await store.get_payment_by_order(
@@ -126,13 +167,12 @@ class PaymentService:
             adapter = self.channels.adapter(candidate.channel)
             assert adapter is not None
             if seq > 1:
-                attempt = await self._failover_attempt(
-                    payment_id, seq, candidate.channel, adapter, decision
-                )
-            result = await self._call_create(adapter, attempt, row, req)
-            final = await self._apply_create_result(row, attempt, adapter, result)
+                attempt = new_attempt(payment_id, seq, candidate.channel, adapter, decision)
+                await self._fail_over(attempt)
+            result = await self._call_create(adapter, attempt, payment, req)
+            final = await self._apply_create_result(payment, attempt, result)
             if final is not None:
-                return CreateOutcome(payment_view(final), created=True)
+                return CreateOutcome(final, created=True)
             log.warning(
                 "payment_failover",
                 payment_id=payment_id,
@@ -150,41 +190,14 @@ class PaymentService:
             PaymentStatus.FAILED,
             failure=("channel_unavailable", "Every eligible channel failed; nothing was charged."),
         )
-        return CreateOutcome(payment_view(final), created=True)
-
-    async def _insert(
-        self,
-        merchant_id: str,
-        req: CreatePaymentRequest,
-        payment_id: str,
-        now: datetime,
-        attempt: dict[str, Any],
-    ) -> Any | None:
-        """The payment and its first attempt, or None if its merchant_order_id exists."""
-        return await store.insert_payment_with_attempt(
-            self.pool,
-            {
-                "id": payment_id,
-                "merchant_id": merchant_id,
-                "merchant_order_id": req.merchant_order_id,
-                "amount": req.amount,
-                "currency": req.currency,
-                "method": req.method,
-                "description": req.description,
-                "notify_url": req.notify_url,
-                "metadata": dict(req.metadata),
-                "payer": req.payer.model_dump(exclude_none=True) if req.payer else None,
-                "expires_at": now + timedelta(seconds=req.expires_in),
-            },
-            attempt,
-        )
+        return CreateOutcome(final, created=True)
 
     async def _route(
         self, merchant_id: str, req: CreatePaymentRequest
     ) -> tuple[RouteDecision, Candidate, Iterator[Candidate], int]:
         """Risk rules, then routing: the decision, the first channel to call, the candidates
-        left to fail over to, and how many attempts the decision allows. Raises the ApiError
-        that refuses the payment."""
+        left to fail over to, and how many attempts the decision allows. Raises the
+        GatewayError that refuses the payment."""
         if self.risk is not None:
             await self.risk.check(merchant_id, req)
         decision = await self.channels.decide(
@@ -198,11 +211,7 @@ class PaymentService:
         if not candidates:
             if decision.all_circuits_open:
                 raise self._unavailable(decision.retry_after_s)
-            raise ApiError(
-                422,
-                "no_route",
-                f"No channel takes {req.method} payments of {req.amount} {req.currency}.",
-            )
+            raise NoRoute(req.method, req.amount, req.currency)
         remaining = iter(candidates)
         first = await self._next_usable(remaining)
         if first is None:  # every candidate is a half-open channel with no probe slot free
@@ -217,122 +226,91 @@ class PaymentService:
         return None
 
     @staticmethod
-    def _unavailable(retry_after_s: int | None) -> ApiError:
-        return ApiError(
-            503,
-            "channel_unavailable",
+    def _unavailable(retry_after_s: int | None) -> ChannelUnavailable:
+        return ChannelUnavailable(
             "Every channel that could take this payment is out of service; nothing was "
             "created. Retry later.",
-            headers={"Retry-After": str(max(1, retry_after_s or 30))},
+            retry_after_s=max(1, retry_after_s or 30),
         )
 
-    async def _existing(self, row: Any, req: CreatePaymentRequest) -> dict[str, Any]:
-        if (row["amount"], row["currency"], row["method"]) != (
+    async def _existing(self, payment: Payment, req: CreatePaymentRequest) -> Payment:
+        if (payment.amount, payment.currency, payment.method) != (
             req.amount,
             req.currency,
             req.method,
         ):
-            raise ApiError(
-                409,
-                "duplicate_merchant_order_id",
-                f"merchant_order_id {req.merchant_order_id!r} is already used by a payment "
-                "with a different amount, currency or method.",
-                extra={"payment_id": row["id"]},
-            )
+            raise DuplicateMerchantOrderId(req.merchant_order_id, payment.id)
         # the first request may still be talking to the channel: wait briefly for its answer,
         # so that every duplicate sees the payer's next action too
         deadline = asyncio.get_running_loop().time() + CREATING_WAIT_S
-        while row["status"] == "pending" and row["next_action"] is None:
-            attempt = await store.current_attempt(self.pool, row["id"])
-            creating = attempt is not None and attempt["status"] == AttemptStatus.CREATING
+        while payment.status is PaymentStatus.PENDING and payment.next_action is None:
+            attempt = await store.current_attempt(self.pool, payment.id)
+            creating = attempt is not None and attempt.status is AttemptStatus.CREATING
             if creating:
                 if asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(0.02)
-            fresh = await store.get_payment(self.pool, row["merchant_id"], row["id"])
+            fresh = await store.get_payment(self.pool, payment.merchant_id, payment.id)
             assert fresh is not None
-            row = fresh
+            payment = fresh
             if not creating:
                 break
-        return payment_view(row)
+        return payment
 
-    async def _failover_attempt(
-        self, payment_id: str, seq: int, channel: str, adapter: ChannelAdapter, decision: Any
-    ) -> dict[str, Any]:
-        attempt = {
-            "id": new_id("att"),
-            "payment_id": payment_id,
-            "seq": seq,
-            "channel": channel,
-            "adapter": adapter.adapter,
-            "channel_order_id": adapter.channel_order_id(payment_id, seq),
-            "routing_rule": decision.rule,
-            "routing_version": decision.version,
-        }
+    async def _fail_over(self, attempt: NewAttempt) -> None:
+        """Make `attempt` the payment's current one, under the payment's row lock."""
         async with self.pool.acquire() as conn, conn.transaction():
-            payment = await store.lock_payment(conn, payment_id)
-            assert payment is not None
+            locked = await store.lock_payment(conn, attempt.payment_id)
+            assert locked is not None
             await store.insert_attempt(conn, attempt)
-            await store.update_payment(
-                conn,
-                payment_id,
-                channel=channel,
-                channel_order_id=attempt["channel_order_id"],
-                attempt_count=seq,
-            )
-        return attempt
+            await store.switch_payment_channel(conn, attempt)
 
     async def _call_create(
-        self, adapter: ChannelAdapter, attempt: dict[str, Any], row: Any, req: CreatePaymentRequest
+        self,
+        adapter: ChannelAdapter,
+        attempt: NewAttempt,
+        payment: Payment,
+        req: CreatePaymentRequest,
     ) -> ChannelResult:
         started = asyncio.get_running_loop().time()
         try:
             result = await adapter.create_payment(
                 CreatePayment(
-                    channel_order_id=attempt["channel_order_id"],
-                    amount=row["amount"],
-                    currency=row["currency"],
-                    method=row["method"],
-                    description=row["description"],
-                    notify_url=self.notify_url(attempt["channel"]),
-                    expires_at=row["expires_at"],
+                    channel_order_id=attempt.channel_order_id,
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    method=payment.method,
+                    description=payment.description,
+                    notify_url=self.notify_url(attempt.channel),
+                    expires_at=payment.expires_at,
                     payer_ip=req.payer.ip if req.payer else None,
                 )
             )
         except Exception as exc:  # an adapter bug must not leave the outcome unrecorded
-            log.exception("adapter_create_crashed", channel=attempt["channel"])
+            log.exception("adapter_create_crashed", channel=attempt.channel)
             result = ChannelResult(
                 outcome=Outcome.UNKNOWN, channel_code="ADAPTER_ERROR", channel_message=repr(exc)
             )
         elapsed = asyncio.get_running_loop().time() - started
         timing.add_channel_time(elapsed)
         metrics.CHANNEL_CALLS.labels(
-            channel=attempt["channel"], operation="create", outcome=result.outcome.value
+            channel=attempt.channel, operation="create", outcome=result.outcome.value
         ).inc()
-        metrics.CHANNEL_LATENCY.labels(channel=attempt["channel"], operation="create").observe(
-            elapsed
-        )
+        metrics.CHANNEL_LATENCY.labels(channel=attempt.channel, operation="create").observe(elapsed)
         healthy = result.outcome not in (Outcome.SYSTEM_ERROR, Outcome.UNKNOWN)
-        await self.channels.record(attempt["channel"], healthy)
+        await self.channels.record(attempt.channel, healthy)
         return result
 
     async def _apply_create_result(
-        self, row: Any, attempt: dict[str, Any], adapter: ChannelAdapter, result: ChannelResult
-    ) -> Any | None:
-        """Record what the channel said about a new order. Returns the payment row when this
+        self, payment: Payment, attempt: NewAttempt, result: ChannelResult
+    ) -> Payment | None:
+        """Record what the channel said about a new order. Returns the payment when this
         attempt settles the create, or None to fail over to the next candidate."""
-        payment_id = row["id"]
         if result.outcome is Outcome.WAITING:
-            next_action = (
-                {"type": result.next_action.type, "url": result.next_action.url}
-                if result.next_action
-                else None
-            )
             updated = await store.mark_attempt_waiting(
                 self.pool,
-                attempt["id"],
-                payment_id,
-                next_action,
+                attempt,
+                next_action_of(result),
                 result.channel_trade_no,
                 result.channel_code,
                 self._next_sync_at(0),
@@ -340,45 +318,30 @@ class PaymentService:
             if updated is not None:
                 return updated
             # a notification settled it first: answer with what is stored now
-            return await store.get_payment(self.pool, row["merchant_id"], payment_id)
+            return await store.get_payment(self.pool, payment.merchant_id, payment.id)
         if result.outcome is Outcome.SUCCEEDED:
             return await self.apply_channel_result(
-                attempt["channel"], attempt["channel_order_id"], result
+                attempt.channel, attempt.channel_order_id, result
             )
         if result.outcome is Outcome.UNKNOWN:
             async with self.pool.acquire() as conn, conn.transaction():
-                await store.lock_payment(conn, payment_id)
-                current = await store.attempt_by_channel_order(
-                    conn, attempt["channel"], attempt["channel_order_id"]
+                await store.lock_payment(conn, payment.id)
+                # only from creating: a notification may have settled it meanwhile
+                await store.mark_attempt_unknown(
+                    conn, attempt.id, attempt_outcome(result), self._next_sync_at(0)
                 )
-                if current is not None and current["status"] == AttemptStatus.CREATING:
-                    await store.update_attempt(
-                        conn,
-                        attempt["id"],
-                        status=AttemptStatus.UNKNOWN.value,
-                        channel_code=result.channel_code,
-                        channel_message=result.channel_message,
-                        next_sync_at=self._next_sync_at(0),
-                    )
-            return await store.get_payment(self.pool, row["merchant_id"], payment_id)
+            return await store.get_payment(self.pool, payment.merchant_id, payment.id)
         if result.outcome is Outcome.SYSTEM_ERROR and result.decision is Decision.FAILOVER:
             async with self.pool.acquire() as conn, conn.transaction():
-                await store.lock_payment(conn, payment_id)
-                await store.update_attempt(
-                    conn,
-                    attempt["id"],
-                    status=AttemptStatus.FAILED_OVER.value,
-                    channel_code=result.channel_code,
-                    channel_message=result.channel_message,
-                    decision=result.decision.value,
-                )
+                await store.lock_payment(conn, payment.id)
+                await store.mark_attempt_failed_over(conn, attempt.id, attempt_outcome(result))
             return None
         # a definitive refusal (or a system error the table calls final)
         code = result.channel_code or "channel_declined"
         return await self.transition(
-            payment_id,
+            payment.id,
             PaymentStatus.FAILED,
-            attempt_id=attempt["id"],
+            attempt_id=attempt.id,
             attempt_status=AttemptStatus.FAILED,
             result=result,
             failure=(code, result.channel_message or "The channel declined the payment."),
@@ -400,10 +363,10 @@ class PaymentService:
         result: ChannelResult | None = None,
         failure: tuple[str, str] | None = None,
         conn: Connection | None = None,
-    ) -> Any:
+    ) -> Payment:
         """Move a payment (and optionally one attempt) to a new state under the row lock,
         writing the event and its deliveries in the same transaction. A transition the state
-        machine does not allow changes nothing and returns the row as it is."""
+        machine does not allow changes nothing and returns the payment as it is."""
         if conn is None:
             async with self.pool.acquire() as own, own.transaction():
                 return await self._transition(
@@ -422,57 +385,49 @@ class PaymentService:
         attempt_status: AttemptStatus | None,
         result: ChannelResult | None,
         failure: tuple[str, str] | None,
-    ) -> Any:
+    ) -> Payment:
         payment = await store.lock_payment(conn, payment_id)
         assert payment is not None
         if attempt_id is not None and attempt_status is not None:
-            attempt = await conn.fetchrow(
-                "SELECT status FROM payment_attempts WHERE id = $1", attempt_id
-            )
-            if attempt is not None and attempt_can(attempt["status"], attempt_status):
-                await store.update_attempt(
-                    conn,
-                    attempt_id,
-                    status=attempt_status.value,
-                    channel_code=result.channel_code if result else None,
-                    channel_message=result.channel_message if result else None,
-                    decision=result.decision.value if result else None,
-                    channel_trade_no=result.channel_trade_no if result else None,
-                    next_sync_at=None,
+            attempt = await store.get_attempt(conn, attempt_id)
+            if attempt is not None and attempt_can(attempt.status, attempt_status):
+                await store.finish_attempt(
+                    conn, attempt_id, attempt_status, attempt_outcome(result)
                 )
-        if not payment_can(payment["status"], target):
+        if not payment_can(payment.status, target):
             return payment
         now = datetime.now(UTC)
-        changes: dict[str, Any] = {"status": target.value}
-        if target is PaymentStatus.SUCCEEDED:
-            changes["paid_at"] = result.paid_at if result and result.paid_at else now
-            if result and result.channel_trade_no:
-                changes["channel_trade_no"] = result.channel_trade_no
-        if target is PaymentStatus.CLOSED:
-            changes["closed_at"] = now
-        if failure is not None:
-            changes["failure_code"], changes["failure_message"] = failure
-        updated = await store.update_payment(conn, payment_id, **changes)
+        succeeded = target is PaymentStatus.SUCCEEDED
+        updated = await store.finish_payment(
+            conn,
+            payment_id,
+            target,
+            paid_at=((result.paid_at if result and result.paid_at else now) if succeeded else None),
+            channel_trade_no=(result.channel_trade_no or None) if succeeded and result else None,
+            closed_at=now if target is PaymentStatus.CLOSED else None,
+            failure=failure,
+        )
         event_type = EVENT_FOR_PAYMENT_STATUS[target]
         event_id = new_id("evt")
-        view = payment_view(updated)
         await store.insert_event(
             conn,
-            event_id=event_id,
-            merchant_id=updated["merchant_id"],
-            event_type=event_type,
-            payment_id=payment_id,
-            refund_id=None,
-            payload=event_body(event_id, event_type, now, view),
-            created_at=now,
-            notify_url=updated["notify_url"],
-            request_id=logs.current_request_id(),
+            Event(
+                id=event_id,
+                merchant_id=updated.merchant_id,
+                type=event_type,
+                payment_id=payment_id,
+                refund_id=None,
+                payload=event_body(event_id, event_type, now, PaymentObject.of(updated)),
+                created_at=now,
+                request_id=logs.current_request_id(),
+            ),
+            notify_url=updated.notify_url,
         )
         metrics.PAYMENT_TRANSITIONS.labels(status=target.value).inc()
         log.info(
             "payment_transition",
             payment_id=payment_id,
-            merchant_id=updated["merchant_id"],
+            merchant_id=updated.merchant_id,
             status=target.value,
             event_id=event_id,
         )
@@ -480,21 +435,21 @@ class PaymentService:
 
     async def apply_channel_result(
         self, channel: str, channel_order_id: str, result: ChannelResult
-    ) -> Any | None:
+    ) -> Payment | None:
         """Apply what a channel established about one of its orders (from a notification or a
         query), exactly once: all under the payment's row lock, checked against the state
-        machines. Returns the payment row, or None for an order we do not know."""
+        machines. Returns the payment, or None for an order we do not know."""
         async with self.pool.acquire() as conn, conn.transaction():
             attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
             if attempt is None:
                 return None
-            payment = await store.lock_payment(conn, attempt["payment_id"])
+            payment = await store.lock_payment(conn, attempt.payment_id)
             assert payment is not None
             # re-read the attempt under the payment's lock
             attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
             assert attempt is not None
             if result.outcome is Outcome.SUCCEEDED:
-                if payment["status"] in (PaymentStatus.CLOSED, PaymentStatus.FAILED):
+                if payment.status in (PaymentStatus.CLOSED, PaymentStatus.FAILED):
                     # paid at the channel after we closed or failed it: an operator matter
                     await record_late_payment(
                         conn,
@@ -507,55 +462,50 @@ class PaymentService:
                     return payment
                 if (
                     result.amount is not None
-                    and result.amount != payment["amount"]
-                    and payment["status"] == PaymentStatus.PENDING
+                    and result.amount != payment.amount
+                    and payment.status is PaymentStatus.PENDING
                 ):
                     log.error(
                         "channel_amount_mismatch",
-                        payment_id=payment["id"],
-                        expected=payment["amount"],
+                        payment_id=payment.id,
+                        expected=payment.amount,
                         reported=result.amount,
                     )
                     metrics.AMOUNT_MISMATCHES.labels(channel=channel).inc()
                     return payment
                 return await self._transition(
                     conn,
-                    payment["id"],
+                    payment.id,
                     PaymentStatus.SUCCEEDED,
-                    attempt["id"],
+                    attempt.id,
                     AttemptStatus.SUCCEEDED,
                     result,
                     None,
                 )
             if result.outcome is Outcome.FAILED:
-                latest = await store.current_attempt(conn, payment["id"])
-                is_latest = latest is not None and latest["id"] == attempt["id"]
-                if not is_latest or not attempt_is_open(attempt["status"]):
+                latest = await store.current_attempt(conn, payment.id)
+                is_latest = latest is not None and latest.id == attempt.id
+                if not is_latest or not attempt_is_open(attempt.status):
                     return payment
                 code = result.channel_code or "channel_declined"
                 return await self._transition(
                     conn,
-                    payment["id"],
+                    payment.id,
                     PaymentStatus.FAILED,
-                    attempt["id"],
+                    attempt.id,
                     AttemptStatus.FAILED,
                     result,
                     (code, result.channel_message or "The payment failed at the channel."),
                 )
-            if result.outcome is Outcome.WAITING and attempt["status"] in (
+            if result.outcome is Outcome.WAITING and attempt.status in (
                 AttemptStatus.CREATING,
                 AttemptStatus.UNKNOWN,
             ):
-                await store.update_attempt(
-                    conn,
-                    attempt["id"],
-                    status=AttemptStatus.WAITING.value,
-                    channel_code=result.channel_code,
-                )
-                if result.next_action is not None and payment["next_action"] is None:
+                await store.mark_attempt_waiting_after_query(conn, attempt.id, result.channel_code)
+                next_action = next_action_of(result)
+                if next_action is not None and payment.next_action is None:
                     # a create whose answer was lost: the query gives the payer's next action
-                    next_action = {"type": result.next_action.type, "url": result.next_action.url}
-                    return await store.update_payment(conn, payment["id"], next_action=next_action)
+                    return await store.set_next_action(conn, payment.id, next_action)
             return payment
 
     async def apply_notification(self, channel: str, notification: Notification) -> bool:
@@ -563,91 +513,101 @@ class PaymentService:
         do not know (the channel will be asked to send it again)."""
         if notification.kind is not NotificationKind.PAYMENT:
             return False  # refunds are applied by the refund service
-        row = await self.apply_channel_result(
+        payment = await self.apply_channel_result(
             channel, notification.channel_order_id, notification.result
         )
-        return row is not None
+        return payment is not None
 
     # ---- query and close ------------------------------------------------------------------
-    async def get(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
-        row = await store.get_payment(self.pool, merchant_id, payment_id)
-        if row is None:
-            raise not_found("payment")
-        return payment_view(row)
+    async def get(self, merchant_id: str, payment_id: str) -> Payment:
+        payment = await store.get_payment(self.pool, merchant_id, payment_id)
+        if payment is None:
+            raise NotFound.of("payment")
+        return payment
 
-    async def get_by_order(self, merchant_id: str, merchant_order_id: str) -> dict[str, Any]:
-        row = await store.get_payment_by_order(self.pool, merchant_id, merchant_order_id)
-        if row is None:
-            raise not_found("payment")
-        return payment_view(row)
+    async def get_by_order(self, merchant_id: str, merchant_order_id: str) -> Payment:
+        payment = await store.get_payment_by_order(self.pool, merchant_id, merchant_order_id)
+        if payment is None:
+            raise NotFound.of("payment")
+        return payment
 
-    async def sync(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
+    async def sync(self, merchant_id: str, payment_id: str) -> Payment:
         """Ask the channel now (`GET /v1/payments/{id}?sync=true`) and apply its answer."""
-        row = await store.get_payment(self.pool, merchant_id, payment_id)
-        if row is None:
-            raise not_found("payment")
-        if row["status"] == PaymentStatus.PENDING:
+        payment = await self.get(merchant_id, payment_id)
+        if payment.status is PaymentStatus.PENDING:
             attempt = await store.current_attempt(self.pool, payment_id)
-            adapter = self.channels.adapter(attempt["channel"]) if attempt else None
-            if attempt is not None and adapter is not None and attempt_is_open(attempt["status"]):
+            adapter = self.channels.adapter(attempt.channel) if attempt else None
+            if attempt is not None and adapter is not None and attempt_is_open(attempt.status):
                 started = asyncio.get_running_loop().time()
-                result = await adapter.query_payment(attempt["channel_order_id"])
+                result = await adapter.query_payment(attempt.channel_order_id)
                 timing.add_channel_time(asyncio.get_running_loop().time() - started)
                 metrics.CHANNEL_CALLS.labels(
-                    channel=attempt["channel"], operation="query", outcome=result.outcome.value
+                    channel=attempt.channel, operation="query", outcome=result.outcome.value
                 ).inc()
                 # "no such order" for a create whose answer never came is not final: the
                 # background sync closes such an order at the channel before failing it
-                unsure = result.outcome is Outcome.FAILED and attempt["status"] != (
-                    AttemptStatus.WAITING
+                unsure = (
+                    result.outcome is Outcome.FAILED and attempt.status is not AttemptStatus.WAITING
                 )
                 if not unsure:
                     updated = await self.apply_channel_result(
-                        attempt["channel"], attempt["channel_order_id"], result
+                        attempt.channel, attempt.channel_order_id, result
                     )
                     if updated is not None:
-                        row = updated
-        return payment_view(row)
+                        payment = updated
+        return payment
 
-    async def close(self, merchant_id: str, payment_id: str) -> dict[str, Any]:
-        row = await store.get_payment(self.pool, merchant_id, payment_id)
-        if row is None:
-            raise not_found("payment")
-        if row["status"] == PaymentStatus.CLOSED:
-            return payment_view(row)
-        if row["status"] != PaymentStatus.PENDING:
-            raise ApiError(409, "invalid_state", f"A {row['status']} payment cannot be closed.")
+    async def close(self, merchant_id: str, payment_id: str) -> Payment:
+        payment = await self.get(merchant_id, payment_id)
+        if payment.status is PaymentStatus.CLOSED:
+            return payment
+        if payment.status is not PaymentStatus.PENDING:
+            raise InvalidState(f"A {payment.status} payment cannot be closed.")
         attempt = await store.current_attempt(self.pool, payment_id)
         assert attempt is not None
-        adapter = self.channels.adapter(attempt["channel"])
-        if adapter is not None and attempt["status"] != AttemptStatus.FAILED_OVER:
-            result = await adapter.close_payment(attempt["channel_order_id"])
+        adapter = self.channels.adapter(attempt.channel)
+        if adapter is not None and attempt.status is not AttemptStatus.FAILED_OVER:
+            result = await adapter.close_payment(attempt.channel_order_id)
             metrics.CHANNEL_CALLS.labels(
-                channel=attempt["channel"], operation="close", outcome=result.outcome.value
+                channel=attempt.channel, operation="close", outcome=result.outcome.value
             ).inc()
             if result.outcome is not Outcome.SUCCEEDED:
                 # the channel would not close it: it may have been paid meanwhile
-                query = await adapter.query_payment(attempt["channel_order_id"])
+                query = await adapter.query_payment(attempt.channel_order_id)
                 if query.outcome is Outcome.SUCCEEDED:
                     await self.apply_channel_result(
-                        attempt["channel"], attempt["channel_order_id"], query
+                        attempt.channel, attempt.channel_order_id, query
                     )
-                    raise ApiError(
-                        409, "invalid_state", "The payment succeeded and cannot be closed."
-                    )
+                    raise InvalidState("The payment succeeded and cannot be closed.")
                 if query.outcome is not Outcome.FAILED:
-                    raise ApiError(
-                        503,
-                        "channel_unavailable",
+                    raise ChannelUnavailable(
                         "The channel could not close the payment now; retry later.",
-                        headers={"Retry-After": "5"},
+                        retry_after_s=5,
                     )
         updated = await self.transition(
             payment_id,
             PaymentStatus.CLOSED,
-            attempt_id=attempt["id"],
+            attempt_id=attempt.id,
             attempt_status=AttemptStatus.CLOSED,
         )
-        if updated["status"] == PaymentStatus.SUCCEEDED:
-            raise ApiError(409, "invalid_state", "The payment succeeded and cannot be closed.")
-        return payment_view(updated)
+        if updated.status is PaymentStatus.SUCCEEDED:
+            raise InvalidState("The payment succeeded and cannot be closed.")
+        return updated
+
+
+def _new_payment(
+    payment_id: str, merchant_id: str, req: CreatePaymentRequest, now: datetime
+) -> NewPayment:
+    return NewPayment(
+        id=payment_id,
+        merchant_id=merchant_id,
+        merchant_order_id=req.merchant_order_id,
+        amount=req.amount,
+        currency=req.currency,
+        method=req.method,
+        description=req.description,
+        notify_url=req.notify_url,
+        metadata=dict(req.metadata),
+        payer=req.payer.model_dump(exclude_none=True) if req.payer else None,
+        expires_at=now + timedelta(seconds=req.expires_in),
+    )

@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
 from adapters.base import ChannelAdapter, ChannelResult, CreateRefund, Outcome
 from gateway import logs, metrics, timing
+from gateway.domain.errors import (
+    ChannelUnavailable,
+    DuplicateMerchantRefundId,
+    InvalidState,
+    NotFound,
+    RefundExceedsAmount,
+)
 from gateway.domain.ids import new_id
-from gateway.domain.models import CreateRefundRequest, Row, event_body, refund_view
-from gateway.domain.states import PaymentStatus, RefundStatus, refund_can
-from gateway.errors import ApiError, not_found
+from gateway.domain.models import CreateRefundRequest, RefundObject, event_body
+from gateway.domain.records import Attempt, AttemptOutcome, Event, NewRefund, Payment, Refund
+from gateway.domain.states import EVENT_FOR_REFUND_STATUS, PaymentStatus, RefundStatus, refund_can
 from gateway.services.channels import ChannelRegistry
 from gateway.store import payments as payment_store
 from gateway.store import refunds as store
@@ -31,8 +37,9 @@ log = structlog.get_logger("refunds")
 
 @dataclass(frozen=True, slots=True)
 class RefundOutcome:
-    refund: dict[str, Any]
+    refund: Refund
     created: bool
+    """False when the merchant_refund_id was used before: `refund` is the one it made."""
 
 
 def next_sync_at(schedule: tuple[float, ...], sync_count: int) -> datetime:
@@ -58,46 +65,33 @@ class RefundService:
     ) -> RefundOutcome:
         async with self.pool.acquire() as conn, conn.transaction():
             payment = await payment_store.lock_payment(conn, payment_id)
-            if payment is None or payment["merchant_id"] != merchant_id:
-                raise not_found("payment")
+            if payment is None or payment.merchant_id != merchant_id:
+                raise NotFound.of("payment")
             existing = await store.get_by_merchant_refund_id(
                 conn, payment_id, req.merchant_refund_id
             )
             if existing is not None:
-                if existing["amount"] != req.amount:
-                    raise ApiError(
-                        409,
-                        "duplicate_merchant_refund_id",
-                        f"merchant_refund_id {req.merchant_refund_id!r} is already used by a "
-                        "refund of a different amount.",
-                        extra={"refund_id": existing["id"]},
-                    )
-                return RefundOutcome(refund_view(existing), created=False)
-            if payment["status"] != PaymentStatus.SUCCEEDED:
-                raise ApiError(
-                    409,
-                    "invalid_state",
-                    f"Only a succeeded payment can be refunded; this one is {payment['status']}.",
+                if existing.amount != req.amount:
+                    raise DuplicateMerchantRefundId(req.merchant_refund_id, existing.id)
+                return RefundOutcome(existing, created=False)
+            if payment.status is not PaymentStatus.SUCCEEDED:
+                raise InvalidState(
+                    f"Only a succeeded payment can be refunded; this one is {payment.status}."
                 )
-            committed = payment["refunded_amount"] + payment["refund_reserved"]
-            if committed + req.amount > payment["amount"]:
-                raise ApiError(
-                    409,
-                    "refund_exceeds_amount",
-                    f"Refunds would total {committed + req.amount}, more than the payment's "
-                    f"{payment['amount']} ({payment['amount'] - committed} left to refund).",
+            if req.amount > payment.refundable:
+                committed = payment.amount - payment.refundable
+                raise RefundExceedsAmount(
+                    committed + req.amount, payment.amount, payment.refundable
                 )
             attempt = await store.succeeded_attempt(conn, payment_id)
             assert attempt is not None, "a succeeded payment has a succeeded attempt"
-            adapter = self.channels.adapter(attempt["channel"])
+            adapter = self.channels.adapter(attempt.channel)
             if adapter is None:
-                raise ApiError(
-                    503,
-                    "channel_unavailable",
-                    f"The payment's channel {attempt['channel']} is not configured.",
-                    headers={"Retry-After": "60"},
+                raise ChannelUnavailable(
+                    f"The payment's channel {attempt.channel} is not configured.",
+                    retry_after_s=60,
                 )
-            row = await reserve_refund(
+            refund = await reserve_refund(
                 conn,
                 payment,
                 attempt,
@@ -108,57 +102,57 @@ class RefundService:
                 # should this process stop before the channel answers, the sync finds out
                 first_sync_at=next_sync_at(self.sync_schedule, 0),
             )
-        updated = await self.send(row, payment["amount"])
-        return RefundOutcome(refund_view(updated), created=True)
+        updated = await self.send(refund, payment.amount)
+        return RefundOutcome(updated, created=True)
 
-    async def send(self, refund: Row, total_amount: int) -> Any:
+    async def send(self, refund: Refund, total_amount: int) -> Refund:
         """Send a pending refund to its channel and apply the answer. Safe to repeat: every
         channel keeps one refund per `channel_refund_id` and answers a repeat with it."""
-        adapter = self.channels.adapter(refund["channel"])
+        adapter = self.channels.adapter(refund.channel)
         if adapter is None:
-            log.warning("refund_channel_missing", refund_id=refund["id"], channel=refund["channel"])
+            log.warning("refund_channel_missing", refund_id=refund.id, channel=refund.channel)
             return refund
         started = asyncio.get_running_loop().time()
         try:
             result = await adapter.refund(
                 CreateRefund(
-                    channel_order_id=refund["channel_order_id"],
-                    channel_refund_id=refund["channel_refund_id"],
-                    amount=refund["amount"],
+                    channel_order_id=refund.channel_order_id,
+                    channel_refund_id=refund.channel_refund_id,
+                    amount=refund.amount,
                     total_amount=total_amount,
-                    currency=refund["currency"],
-                    notify_url=f"{self.public_url}/notify/{refund['channel']}",
-                    reason=refund["reason"],
+                    currency=refund.currency,
+                    notify_url=f"{self.public_url}/notify/{refund.channel}",
+                    reason=refund.reason,
                 )
             )
         except Exception as exc:  # the reservation stands; the sync will ask the channel
-            log.exception("adapter_refund_crashed", refund_id=refund["id"])
+            log.exception("adapter_refund_crashed", refund_id=refund.id)
             result = ChannelResult(
                 outcome=Outcome.UNKNOWN, channel_code="ADAPTER_ERROR", channel_message=repr(exc)
             )
         timing.add_channel_time(asyncio.get_running_loop().time() - started)
         metrics.CHANNEL_CALLS.labels(
-            channel=refund["channel"], operation="refund", outcome=result.outcome.value
+            channel=refund.channel, operation="refund", outcome=result.outcome.value
         ).inc()
-        updated = await self.apply_result(refund["channel"], refund["channel_refund_id"], result)
+        updated = await self.apply_result(refund.channel, refund.channel_refund_id, result)
         return updated if updated is not None else refund
 
     async def apply_result(
         self, channel: str, channel_refund_id: str, result: ChannelResult
-    ) -> Any | None:
+    ) -> Refund | None:
         """Apply what the channel says about a refund (its answer, a notification or a query),
-        once, under the payment's row lock. Returns the refund row, or None for a refund we do
-        not know."""
+        once, under the payment's row lock. Returns the refund, or None for a refund we do not
+        know."""
         target = {Outcome.SUCCEEDED: RefundStatus.SUCCEEDED, Outcome.FAILED: RefundStatus.FAILED}
         async with self.pool.acquire() as conn, conn.transaction():
             refund = await store.get_by_channel_refund_id(conn, channel, channel_refund_id)
             if refund is None:
                 return None
             if result.outcome not in target or not refund_can(
-                refund["status"], target[result.outcome]
+                refund.status, target[result.outcome]
             ):
                 return refund
-            payment = await payment_store.lock_payment(conn, refund["payment_id"])
+            payment = await payment_store.lock_payment(conn, refund.payment_id)
             assert payment is not None
             # re-read under the payment's lock: a concurrent path may have settled it
             refund = await store.get_by_channel_refund_id(conn, channel, channel_refund_id)
@@ -168,12 +162,12 @@ class RefundService:
     async def _settle(
         self,
         conn: Connection,
-        payment: Row,
-        refund: Row,
+        payment: Payment,
+        refund: Refund,
         target: RefundStatus,
         result: ChannelResult,
-    ) -> Any:
-        if not refund_can(refund["status"], target):
+    ) -> Refund:
+        if not refund_can(refund.status, target):
             return refund
         now = datetime.now(UTC)
         failure = None
@@ -183,81 +177,70 @@ class RefundService:
                 result.channel_message or "The channel refused the refund.",
             )
         updated = await store.settle_refund(
-            conn,
-            refund["id"],
-            target.value,
-            result.channel_trade_no,
-            result.channel_code,
-            failure,
+            conn, refund, target, result.channel_trade_no, result.channel_code, failure
         )
-        changes: dict[str, Any] = {"refund_reserved": payment["refund_reserved"] - refund["amount"]}
-        if target is RefundStatus.SUCCEEDED:
-            changes["refunded_amount"] = payment["refunded_amount"] + refund["amount"]
-        await payment_store.update_payment(conn, payment["id"], **changes)
-        event_type = f"refund.{target.value}"
+        event_type = EVENT_FOR_REFUND_STATUS[target]
         event_id = new_id("evt")
         await payment_store.insert_event(
             conn,
-            event_id=event_id,
-            merchant_id=refund["merchant_id"],
-            event_type=event_type,
-            payment_id=refund["payment_id"],
-            refund_id=refund["id"],
-            payload=event_body(event_id, event_type, now, refund_view(updated)),
-            created_at=now,
-            notify_url=payment["notify_url"],
-            request_id=logs.current_request_id(),
+            Event(
+                id=event_id,
+                merchant_id=refund.merchant_id,
+                type=event_type,
+                payment_id=refund.payment_id,
+                refund_id=refund.id,
+                payload=event_body(event_id, event_type, now, RefundObject.of(updated)),
+                created_at=now,
+                request_id=logs.current_request_id(),
+            ),
+            notify_url=payment.notify_url,
         )
         log.info(
             "refund_settled",
-            refund_id=refund["id"],
-            payment_id=refund["payment_id"],
+            refund_id=refund.id,
+            payment_id=refund.payment_id,
             status=target.value,
             channel_code=result.channel_code,
         )
         return updated
 
-    async def get(self, merchant_id: str, refund_id: str) -> dict[str, Any]:
-        row = await store.get_refund(self.pool, merchant_id, refund_id)
-        if row is None:
-            raise not_found("refund")
-        return refund_view(row)
+    async def get(self, merchant_id: str, refund_id: str) -> Refund:
+        refund = await store.get_refund(self.pool, merchant_id, refund_id)
+        if refund is None:
+            raise NotFound.of("refund")
+        return refund
 
 
 async def reserve_refund(
     conn: Connection,
-    payment: Row,
-    attempt: Row,
+    payment: Payment,
+    attempt: Attempt,
     adapter: ChannelAdapter,
     *,
     merchant_refund_id: str,
     amount: int,
     reason: str | None,
     first_sync_at: datetime,
-) -> Any:
+) -> Refund:
     """Insert a pending refund of one attempt and reserve its amount on the payment. The
     caller holds the payment's row lock and has checked that the amount is available."""
     refund_id = new_id("re")
-    row = await store.insert_refund(
+    return await store.insert_refund(
         conn,
-        {
-            "id": refund_id,
-            "payment_id": payment["id"],
-            "merchant_id": payment["merchant_id"],
-            "merchant_refund_id": merchant_refund_id,
-            "amount": amount,
-            "currency": payment["currency"],
-            "reason": reason,
-            "channel": attempt["channel"],
-            "channel_order_id": attempt["channel_order_id"],
-            "channel_refund_id": adapter.channel_refund_id(refund_id),
-            "next_sync_at": first_sync_at,
-        },
+        NewRefund(
+            id=refund_id,
+            payment_id=payment.id,
+            merchant_id=payment.merchant_id,
+            merchant_refund_id=merchant_refund_id,
+            amount=amount,
+            currency=payment.currency,
+            reason=reason,
+            channel=attempt.channel,
+            channel_order_id=attempt.channel_order_id,
+            channel_refund_id=adapter.channel_refund_id(refund_id),
+            next_sync_at=first_sync_at,
+        ),
     )
-    await payment_store.update_payment(
-        conn, payment["id"], refund_reserved=payment["refund_reserved"] + amount
-    )
-    return row
 
 
 LATE_REFUND_REASON = "Paid after the payment was closed"
@@ -265,8 +248,8 @@ LATE_REFUND_REASON = "Paid after the payment was closed"
 
 async def record_late_payment(
     conn: Connection,
-    payment: Row,
-    attempt: Row,
+    payment: Payment,
+    attempt: Attempt,
     result: ChannelResult,
     adapter: ChannelAdapter | None,
     *,
@@ -278,13 +261,12 @@ async def record_late_payment(
     operators (log and metric), and, when `auto_refund`, reserve a refund of what was paid,
     which the status sync sends to the channel right after commit (durably: a crash before the
     channel answered is picked up the same way)."""
-    channel_order_id = attempt["channel_order_id"]
-    if await store.late_payment_recorded(conn, payment["id"], channel_order_id):
+    channel_order_id = attempt.channel_order_id
+    if await store.late_payment_recorded(conn, payment.id, channel_order_id):
         return  # a repeated notification: recorded and alerted already
-    paid = result.amount if result.amount is not None else payment["amount"]
-    available = payment["amount"] - payment["refunded_amount"] - payment["refund_reserved"]
+    paid = result.amount if result.amount is not None else payment.amount
     refund = None
-    if auto_refund and adapter is not None and 0 < paid <= available:
+    if auto_refund and adapter is not None and 0 < paid <= payment.refundable:
         refund = await reserve_refund(
             conn,
             payment,
@@ -295,44 +277,49 @@ async def record_late_payment(
             reason=LATE_REFUND_REASON,
             first_sync_at=datetime.now(UTC),
         )
-    await payment_store.update_attempt(
+    await payment_store.note_late_payment_on_attempt(
         conn,
-        attempt["id"],
-        channel_trade_no=result.channel_trade_no or attempt["channel_trade_no"],
-        channel_code=result.channel_code,
-        channel_message="paid at the channel after the payment was " + payment["status"],
+        attempt.id,
+        AttemptOutcome(
+            channel_trade_no=result.channel_trade_no or attempt.channel_trade_no,
+            channel_code=result.channel_code,
+            channel_message="paid at the channel after the payment was " + payment.status,
+        ),
     )
-    now = datetime.now(UTC)
-    await store.record_late_payment(
+    refund_id = refund.id if refund is not None else None
+    await payment_store.insert_event_only(
         conn,
-        event_id=new_id("evt"),
-        merchant_id=payment["merchant_id"],
-        payment_id=payment["id"],
-        refund_id=refund["id"] if refund is not None else None,
-        payload={
-            "payment_id": payment["id"],
-            "payment_status": payment["status"],
-            "channel": attempt["channel"],
-            "channel_order_id": channel_order_id,
-            "channel_trade_no": result.channel_trade_no,
-            "amount": paid,
-            "paid_at": result.paid_at.isoformat() if result.paid_at else None,
-            "auto_refund_id": refund["id"] if refund is not None else None,
-        },
-        created_at=now,
-        request_id=logs.current_request_id(),
+        Event(
+            id=new_id("evt"),
+            merchant_id=payment.merchant_id,
+            type=store.LATE_PAYMENT_EVENT,
+            payment_id=payment.id,
+            refund_id=refund_id,
+            payload={
+                "payment_id": payment.id,
+                "payment_status": payment.status.value,
+                "channel": attempt.channel,
+                "channel_order_id": channel_order_id,
+                "channel_trade_no": result.channel_trade_no,
+                "amount": paid,
+                "paid_at": result.paid_at.isoformat() if result.paid_at else None,
+                "auto_refund_id": refund_id,
+            },
+            created_at=datetime.now(UTC),
+            request_id=logs.current_request_id(),
+        ),
     )
-    metrics.LATE_PAYMENTS.labels(channel=attempt["channel"]).inc()
+    metrics.LATE_PAYMENTS.labels(channel=attempt.channel).inc()
     log.error(
         "late_payment_after_final_state",
         alert=True,
-        payment_id=payment["id"],
-        merchant_id=payment["merchant_id"],
-        status=payment["status"],
-        channel=attempt["channel"],
+        payment_id=payment.id,
+        merchant_id=payment.merchant_id,
+        status=payment.status.value,
+        channel=attempt.channel,
         channel_order_id=channel_order_id,
         channel_trade_no=result.channel_trade_no,
         amount=paid,
-        auto_refund_id=refund["id"] if refund is not None else None,
+        auto_refund_id=refund_id,
         action="refunding automatically" if refund is not None else "refund it by hand",
     )

@@ -12,52 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
 from adapters.base import ChannelAdapter, ChannelResult, Outcome
 from gateway import logs, metrics
+from gateway.domain.records import DueAttempt, DueRefund
 from gateway.domain.states import AttemptStatus, PaymentStatus, RefundStatus
 from gateway.services.channels import ChannelRegistry
 from gateway.services.payments import PaymentService
 from gateway.services.refunds import RefundService
+from gateway.store import payments as payment_store
+from gateway.store import refunds as refund_store
 from gateway.store.db import Pool
 
 log = structlog.get_logger("sync")
 
 LEASE_S = 60
-
-_CLAIM_ATTEMPTS = f"""
-WITH due AS (
-    SELECT id FROM payment_attempts
-     WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now()
-     ORDER BY next_sync_at
-     LIMIT $1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE payment_attempts a
-   SET next_sync_at = now() + interval '{LEASE_S} seconds', sync_count = a.sync_count + 1
-  FROM due, payments p
- WHERE a.id = due.id AND p.id = a.payment_id
-RETURNING a.id, a.payment_id, a.channel, a.channel_order_id, a.status, a.sync_count,
-          p.merchant_id, p.status AS payment_status, p.expires_at
-"""  # noqa: S608 - constants only
-
-_CLAIM_REFUNDS = f"""
-WITH due AS (
-    SELECT id FROM refunds
-     WHERE status = 'pending' AND next_sync_at <= now()
-     ORDER BY next_sync_at
-     LIMIT $1
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE refunds r
-   SET next_sync_at = now() + interval '{LEASE_S} seconds', sync_count = r.sync_count + 1
-  FROM due, payments p
- WHERE r.id = due.id AND p.id = r.payment_id
-RETURNING r.*, p.amount AS total_amount
-"""  # noqa: S608 - constants only
+"""A claimed attempt or refund is this process's for a minute: should it die, another takes it."""
 
 
 class StatusSync:
@@ -100,49 +72,43 @@ class StatusSync:
                 await asyncio.wait_for(stop.wait(), self.poll_s)
 
     async def run_once(self) -> int:
-        attempts = await self.pool.fetch(_CLAIM_ATTEMPTS, self.batch)
-        refunds = await self.pool.fetch(_CLAIM_REFUNDS, self.batch)
+        attempts = await payment_store.claim_due_attempts(self.pool, self.batch, LEASE_S)
+        refunds = await refund_store.claim_due_refunds(self.pool, self.batch, LEASE_S)
         await asyncio.gather(
-            *(self._sync_attempt(dict(a)) for a in attempts),
-            *(self._sync_refund(dict(r)) for r in refunds),
+            *(self._sync_attempt(a) for a in attempts),
+            *(self._sync_refund(r) for r in refunds),
         )
-        depth = await self.pool.fetchval(
-            "SELECT count(*) FROM payment_attempts"
-            " WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now()"
-        )
-        metrics.SYNC_BACKLOG.set(depth or 0)
+        metrics.SYNC_BACKLOG.set(await payment_store.count_due_attempts(self.pool))
         return len(attempts) + len(refunds)
 
-    async def _sync_attempt(self, row: dict[str, Any]) -> None:
+    async def _sync_attempt(self, due: DueAttempt) -> None:
         logs.bind_job()  # each item is a task of its own (run_once's gather)
-        bound = log.bind(payment_id=row["payment_id"], channel=row["channel"])
-        adapter = self.channels.adapter(row["channel"])
+        bound = log.bind(payment_id=due.payment_id, channel=due.channel)
+        adapter = self.channels.adapter(due.channel)
         if adapter is None:
             bound.warning("sync_channel_missing")
             return
         try:
-            result = await self._query(adapter, row["channel"], row["channel_order_id"])
-            if result.outcome is Outcome.FAILED and row["status"] != AttemptStatus.WAITING:
+            result = await self._query(adapter, due.channel, due.channel_order_id)
+            if result.outcome is Outcome.FAILED and due.status is not AttemptStatus.WAITING:
                 # the create's answer never came: the order may still reach the channel (a
                 # request in flight, a channel that acts after timing out), so close it there
                 # first, that a late create cannot open it for payment
-                closed = await self._close(adapter, row["channel"], row["channel_order_id"])
+                closed = await self._close(adapter, due.channel, due.channel_order_id)
                 if closed.outcome is not Outcome.SUCCEEDED:
-                    result = await self._query(adapter, row["channel"], row["channel_order_id"])
+                    result = await self._query(adapter, due.channel, due.channel_order_id)
             if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.WAITING):
-                await self.payments.apply_channel_result(
-                    row["channel"], row["channel_order_id"], result
-                )
+                await self.payments.apply_channel_result(due.channel, due.channel_order_id, result)
             if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
                 return
-            expired = row["expires_at"] <= datetime.now(UTC)
-            if expired and row["payment_status"] == PaymentStatus.PENDING:
-                await self._expire(row, adapter)
+            expired = due.expires_at <= datetime.now(UTC)
+            if expired and due.payment_status is PaymentStatus.PENDING:
+                await self._expire(due, adapter)
                 return
-            await self._reschedule_attempt(row)
+            await self._reschedule_attempt(due)
         except Exception:
             bound.exception("sync_attempt_failed")
-            await self._reschedule_attempt(row)
+            await self._reschedule_attempt(due)
 
     async def _query(self, adapter: ChannelAdapter, channel: str, order_id: str) -> ChannelResult:
         result = await adapter.query_payment(order_id)
@@ -158,63 +124,57 @@ class StatusSync:
         ).inc()
         return result
 
-    async def _expire(self, row: dict[str, Any], adapter: ChannelAdapter) -> None:
-        close = await self._close(adapter, row["channel"], row["channel_order_id"])
+    async def _expire(self, due: DueAttempt, adapter: ChannelAdapter) -> None:
+        close = await self._close(adapter, due.channel, due.channel_order_id)
         if close.outcome is not Outcome.SUCCEEDED:
             # it may have been paid in the meantime: the channel's word decides
-            query = await self._query(adapter, row["channel"], row["channel_order_id"])
+            query = await self._query(adapter, due.channel, due.channel_order_id)
             if query.outcome is Outcome.SUCCEEDED:
-                await self.payments.apply_channel_result(
-                    row["channel"], row["channel_order_id"], query
-                )
+                await self.payments.apply_channel_result(due.channel, due.channel_order_id, query)
                 return
             if query.outcome is not Outcome.FAILED:
-                await self._reschedule_attempt(row)
+                await self._reschedule_attempt(due)
                 return
         await self.payments.transition(
-            row["payment_id"],
+            due.payment_id,
             PaymentStatus.CLOSED,
-            attempt_id=row["id"],
+            attempt_id=due.id,
             attempt_status=AttemptStatus.CLOSED,
             failure=("expired", "The payer did not pay before the payment expired."),
         )
         metrics.EXPIRED.inc()
 
-    async def _reschedule_attempt(self, row: dict[str, Any]) -> None:
-        await self.pool.execute(
-            "UPDATE payment_attempts SET next_sync_at = $2 WHERE id = $1"
-            " AND status IN ('creating', 'waiting', 'unknown')",
-            row["id"],
-            self.next_at(row["sync_count"], row["expires_at"]),
+    async def _reschedule_attempt(self, due: DueAttempt) -> None:
+        await payment_store.reschedule_attempt_sync(
+            self.pool, due.id, self.next_at(due.sync_count, due.expires_at)
         )
 
-    async def _sync_refund(self, row: dict[str, Any]) -> None:
+    async def _sync_refund(self, due: DueRefund) -> None:
         """Ask the channel about a pending refund. Succeeded or failed settles it. When the
         channel says it has no such refund (or that it failed), the refund is sent again, and
         the answer to that decides: channels keep one refund per refund id, so a repeat never
         refunds twice, and a refund that never reached the channel (a timeout, a crash before
         the call) gets there."""
         logs.bind_job()  # each item is a task of its own (run_once's gather)
-        adapter = self.channels.adapter(row["channel"])
+        refund = due.refund
+        adapter = self.channels.adapter(refund.channel)
         if adapter is None:
-            log.warning("sync_channel_missing", refund_id=row["id"], channel=row["channel"])
+            log.warning("sync_channel_missing", refund_id=refund.id, channel=refund.channel)
             return
         try:
-            result = await adapter.query_refund(row["channel_order_id"], row["channel_refund_id"])
+            result = await adapter.query_refund(refund.channel_order_id, refund.channel_refund_id)
             metrics.CHANNEL_CALLS.labels(
-                channel=row["channel"], operation="refund_query", outcome=result.outcome.value
+                channel=refund.channel, operation="refund_query", outcome=result.outcome.value
             ).inc()
             if result.outcome is Outcome.SUCCEEDED:
-                await self.refunds.apply_result(row["channel"], row["channel_refund_id"], result)
+                await self.refunds.apply_result(refund.channel, refund.channel_refund_id, result)
                 return
             if result.outcome is Outcome.FAILED:
-                sent = await self.refunds.send(row, row["total_amount"])
-                if sent["status"] != RefundStatus.PENDING:
+                sent = await self.refunds.send(refund, due.payment_amount)
+                if sent.status is not RefundStatus.PENDING:
                     return
         except Exception:
-            log.exception("sync_refund_failed", refund_id=row["id"])
-        await self.pool.execute(
-            "UPDATE refunds SET next_sync_at = $2 WHERE id = $1 AND status = 'pending'",
-            row["id"],
-            self.next_at(row["sync_count"]),
+            log.exception("sync_refund_failed", refund_id=refund.id)
+        await refund_store.reschedule_refund_sync(
+            self.pool, refund.id, self.next_at(refund.sync_count)
         )

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from gateway.auth.secretbox import SecretBox
 from gateway.domain.models import rfc3339
 from gateway.services.merchants import MerchantError, new_webhook_secret
-from gateway.store import webhooks as store
+from gateway.store import merchants as store
 from gateway.store.db import Pool
 
 MAX_GRACE_HOURS = 24 * 30
@@ -25,7 +24,7 @@ class RotatedSecret:
     webhook_secret: str
     previous_secret_expires_at: datetime | None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | None]:
         return {
             "merchant_id": self.merchant_id,
             "webhook_secret": self.webhook_secret,

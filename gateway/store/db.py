@@ -1,6 +1,7 @@
-"""The PostgreSQL pool, and the migration runner: `migrations/*.sql` applied in the order of
-their names, each one's SHA-256 recorded in `schema_migrations`, `-- migrate: no-transaction`
-files run outside a transaction (see `migrate`)."""
+"""The PostgreSQL pool (JSON codec, no session reset on release) and its readiness check, and
+the migration runner: `migrations/*.sql` applied in the order of their names, each one's
+SHA-256 recorded in `schema_migrations`, `-- migrate: no-transaction` files run outside a
+transaction (see `migrate`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import importlib.resources
 import re
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 import orjson
 import structlog
 from asyncpg.pool import PoolConnectionProxy
+
+from gateway.store.queries import query
 
 log = structlog.get_logger("store")
 
@@ -24,6 +27,7 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 Executor: TypeAlias = "Pool | Connection"
 """Anything that runs a query: the pool (autocommit) or a connection (maybe in a transaction)."""
 
+_PING = query("ping")
 _MIGRATION_LOCK = 0x6761_7465_7761_7901  # pg_advisory_lock key: migrations run one at a time
 
 
@@ -54,6 +58,11 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> Pool:
     )
     assert pool is not None
     return pool
+
+
+async def ping(pool: Pool) -> None:
+    """One round trip: raises when the database cannot answer."""
+    await pool.fetchval(_PING)
 
 
 NO_TRANSACTION = "-- migrate: no-transaction"
@@ -263,7 +272,3 @@ def _has_code(statement: str) -> bool:
         if code:
             return True
     return False
-
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None

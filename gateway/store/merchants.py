@@ -1,73 +1,68 @@
-"""Merchants, their signing keys and webhook secrets."""
+"""Merchants, their signing keys and their webhook secrets. Statements: `sql/merchants.sql`."""
 
 from __future__ import annotations
 
-import asyncpg
+from datetime import datetime
 
+from gateway.domain.records import KeyType, Merchant, MerchantKey
+from gateway.store import rows
 from gateway.store.db import Connection, Pool
+from gateway.store.queries import query
+
+_INSERT_MERCHANT = query("insert_merchant")
+_LOCK_MERCHANT = query("lock_merchant")
+_INSERT_KEY = query("insert_key")
+_COUNT_ACTIVE_KEYS = query("count_active_keys")
+_REVOKE_KEY = query("revoke_key")
+_ACTIVE_KEY = query("active_key")
+_ROTATE_WEBHOOK_SECRET = query("rotate_webhook_secret")
 
 
 async def insert_merchant(
     conn: Connection, merchant_id: str, name: str, webhook_secret_enc: bytes
 ) -> None:
-    await conn.execute(
-        "INSERT INTO merchants (id, name, webhook_secret_enc) VALUES ($1, $2, $3)",
-        merchant_id,
-        name,
-        webhook_secret_enc,
-    )
+    await conn.execute(_INSERT_MERCHANT, merchant_id, name, webhook_secret_enc)
+
+
+async def lock_merchant(conn: Connection, merchant_id: str) -> Merchant | None:
+    """The merchant, locked until the caller's transaction ends."""
+    row = await conn.fetchrow(_LOCK_MERCHANT, merchant_id)
+    return None if row is None else rows.merchant(row)
 
 
 async def insert_key(
     conn: Connection,
     key_id: str,
     merchant_id: str,
-    key_type: str,
+    key_type: KeyType,
     secret_enc: bytes | None,
     public_key_pem: str | None,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO merchant_keys (id, merchant_id, key_type, secret_enc, public_key_pem)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        key_id,
-        merchant_id,
-        key_type,
-        secret_enc,
-        public_key_pem,
-    )
-
-
-async def lock_merchant(conn: Connection, merchant_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM merchants WHERE id = $1 FOR UPDATE", merchant_id)
+    await conn.execute(_INSERT_KEY, key_id, merchant_id, key_type.value, secret_enc, public_key_pem)
 
 
 async def count_active_keys(conn: Connection, merchant_id: str) -> int:
-    count = await conn.fetchval(
-        "SELECT count(*) FROM merchant_keys WHERE merchant_id = $1 AND status = 'active'",
-        merchant_id,
-    )
-    return int(count)
+    return int(await conn.fetchval(_COUNT_ACTIVE_KEYS, merchant_id))
 
 
 async def revoke_key(conn: Connection, key_id: str) -> bool:
-    status = await conn.execute(
-        "UPDATE merchant_keys SET status = 'revoked', revoked_at = now()"
-        " WHERE id = $1 AND status = 'active'",
-        key_id,
-    )
+    """False when there is no such active key."""
+    status = await conn.execute(_REVOKE_KEY, key_id)
     return status.endswith(" 1")
 
 
-async def active_key(pool: Pool, key_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        "SELECT k.id, k.merchant_id, k.key_type, k.secret_enc, k.public_key_pem"
-        " FROM merchant_keys k WHERE k.id = $1 AND k.status = 'active'",
-        key_id,
-    )
+async def active_key(pool: Pool, key_id: str) -> MerchantKey | None:
+    row = await pool.fetchrow(_ACTIVE_KEY, key_id)
+    return None if row is None else rows.merchant_key(row)
 
 
-async def webhook_secret(pool: Pool, merchant_id: str) -> bytes | None:
-    value = await pool.fetchval(
-        "SELECT webhook_secret_enc FROM merchants WHERE id = $1", merchant_id
-    )
-    return bytes(value) if value is not None else None
+async def rotate_webhook_secret(
+    conn: Connection, merchant_id: str, sealed: bytes, grace_s: float
+) -> tuple[bool, datetime | None]:
+    """Install a new (sealed) webhook secret; the current one stays valid as the previous secret
+    for `grace_s` seconds (none when 0). Returns (merchant found, previous secret's expiry)."""
+    row = await conn.fetchrow(_ROTATE_WEBHOOK_SECRET, merchant_id, sealed, grace_s)
+    if row is None:
+        return False, None
+    expires: datetime | None = row["webhook_secret_prev_expires_at"]
+    return True, expires

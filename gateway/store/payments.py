@@ -1,262 +1,328 @@
-"""Payments, their attempts, events and the callback outbox rows they cause."""
+"""Payments, their attempts, the events they cause with the callback outbox rows of those events,
+and the channel notifications that were not applied. Statements: `sql/payments.sql`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
-import asyncpg
-
+from gateway.domain.records import (
+    Attempt,
+    AttemptOutcome,
+    DueAttempt,
+    Event,
+    NewAttempt,
+    NewPayment,
+    NextAction,
+    Payment,
+)
+from gateway.domain.states import AttemptStatus, NotificationOutcome, PaymentStatus
+from gateway.store import rows
 from gateway.store.db import Connection, Executor, Pool
+from gateway.store.queries import query
 
 CALLBACK_CHANNEL = "gateway_callbacks"
 """LISTEN/NOTIFY channel that wakes the callback dispatchers when deliveries are due."""
 
-_PAYMENT_COLUMNS = frozenset(
-    {
-        "status", "channel", "channel_order_id", "channel_trade_no", "next_action",
-        "refunded_amount", "refund_reserved", "failure_code", "failure_message",
-        "attempt_count", "paid_at", "closed_at",
-    }
-)  # fmt: skip
-_ATTEMPT_COLUMNS = frozenset(
-    {"status", "channel_code", "channel_message", "decision", "channel_trade_no",
-     "next_sync_at", "sync_count"}
-)  # fmt: skip
+_INSERT_PAYMENT_WITH_ATTEMPT = query("insert_payment_with_attempt")
+_INSERT_ATTEMPT = query("insert_attempt")
+_GET_PAYMENT = query("get_payment")
+_GET_PAYMENT_BY_ORDER = query("get_payment_by_order")
+_LOCK_PAYMENT = query("lock_payment")
+_SWITCH_PAYMENT_CHANNEL = query("switch_payment_channel")
+_FINISH_PAYMENT = query("finish_payment")
+_SET_PAYMENT_NEXT_ACTION = query("set_payment_next_action")
+_GET_ATTEMPT = query("get_attempt")
+_CURRENT_ATTEMPT = query("current_attempt")
+_ATTEMPT_BY_CHANNEL_ORDER = query("attempt_by_channel_order")
+_MARK_ATTEMPT_WAITING = query("mark_attempt_waiting")
+_MARK_ATTEMPT_UNKNOWN = query("mark_attempt_unknown")
+_MARK_ATTEMPT_FAILED_OVER = query("mark_attempt_failed_over")
+_FINISH_ATTEMPT = query("finish_attempt")
+_MARK_ATTEMPT_WAITING_AFTER_QUERY = query("mark_attempt_waiting_after_query")
+_NOTE_LATE_PAYMENT_ON_ATTEMPT = query("note_late_payment_on_attempt")
+_CLAIM_DUE_ATTEMPTS = query("claim_due_attempts")
+_RESCHEDULE_ATTEMPT_SYNC = query("reschedule_attempt_sync")
+_COUNT_DUE_ATTEMPTS = query("count_due_attempts")
+_INSERT_EVENT = query("insert_event")
+_INSERT_EVENT_DELIVERIES = query("insert_event_deliveries")
+_NOTIFY_DISPATCHERS = query("notify_dispatchers")
+_INSERT_CHANNEL_NOTIFICATION = query("insert_channel_notification")
+
+
+# ---- payments -------------------------------------------------------------------------------
 
 
 async def insert_payment_with_attempt(
-    conn: Executor, payment: Mapping[str, Any], attempt: Mapping[str, Any]
-) -> asyncpg.Record | None:
+    db: Executor, payment: NewPayment, attempt: NewAttempt
+) -> Payment | None:
     """Insert a payment and its first attempt in one statement (one round trip, one commit).
-    Returns the payment row, or None when the merchant_order_id already exists."""
-    return await conn.fetchrow(
-        """
-        WITH p AS (
-            INSERT INTO payments (id, merchant_id, merchant_order_id, status, amount, currency,
-                method, description, notify_url, metadata, payer, channel, channel_order_id,
-                attempt_count, expires_at)
-            VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13)
-            ON CONFLICT (merchant_id, merchant_order_id) DO NOTHING
-            RETURNING *
-        ), a AS (
-            INSERT INTO payment_attempts (id, payment_id, seq, channel, adapter,
-                channel_order_id, status, routing_rule, routing_version, next_sync_at)
-            SELECT $14, p.id, 1, $11, $15, $12, 'creating', $16, $17,
-                   now() + interval '60 seconds' FROM p
-        )
-        SELECT * FROM p
-        """,
-        payment["id"],
-        payment["merchant_id"],
-        payment["merchant_order_id"],
-        payment["amount"],
-        payment["currency"],
-        payment["method"],
-        payment["description"],
-        payment["notify_url"],
-        payment["metadata"],
-        payment["payer"],
-        attempt["channel"],
-        attempt["channel_order_id"],
-        payment["expires_at"],
-        attempt["id"],
-        attempt["adapter"],
-        attempt["routing_rule"],
-        attempt["routing_version"],
+    None when the merchant_order_id already exists."""
+    row = await db.fetchrow(
+        _INSERT_PAYMENT_WITH_ATTEMPT,
+        payment.id,
+        payment.merchant_id,
+        payment.merchant_order_id,
+        payment.amount,
+        payment.currency,
+        payment.method,
+        payment.description,
+        payment.notify_url,
+        payment.metadata,
+        payment.payer,
+        attempt.channel,
+        attempt.channel_order_id,
+        payment.expires_at,
+        attempt.id,
+        attempt.adapter,
+        attempt.routing_rule,
+        attempt.routing_version,
     )
+    return None if row is None else rows.payment(row)
 
 
-async def insert_attempt(conn: Connection, attempt: Mapping[str, Any]) -> None:
+async def get_payment(db: Executor, merchant_id: str, payment_id: str) -> Payment | None:
+    row = await db.fetchrow(_GET_PAYMENT, payment_id, merchant_id)
+    return None if row is None else rows.payment(row)
+
+
+async def get_payment_by_order(
+    db: Executor, merchant_id: str, merchant_order_id: str
+) -> Payment | None:
+    row = await db.fetchrow(_GET_PAYMENT_BY_ORDER, merchant_id, merchant_order_id)
+    return None if row is None else rows.payment(row)
+
+
+async def lock_payment(conn: Connection, payment_id: str) -> Payment | None:
+    """The payment, locked until the caller's transaction ends."""
+    row = await conn.fetchrow(_LOCK_PAYMENT, payment_id)
+    return None if row is None else rows.payment(row)
+
+
+async def switch_payment_channel(conn: Connection, attempt: NewAttempt) -> None:
+    """The payment's current attempt is now `attempt` (a failover)."""
     await conn.execute(
-        "INSERT INTO payment_attempts (id, payment_id, seq, channel, adapter, channel_order_id,"
-        " status, routing_rule, routing_version, next_sync_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7, $8, now() + interval '60 seconds')",
-        attempt["id"],
-        attempt["payment_id"],
-        attempt["seq"],
-        attempt["channel"],
-        attempt["adapter"],
-        attempt["channel_order_id"],
-        attempt["routing_rule"],
-        attempt["routing_version"],
+        _SWITCH_PAYMENT_CHANNEL,
+        attempt.payment_id,
+        attempt.channel,
+        attempt.channel_order_id,
+        attempt.seq,
     )
+
+
+async def finish_payment(
+    conn: Connection,
+    payment_id: str,
+    status: PaymentStatus,
+    *,
+    paid_at: datetime | None = None,
+    channel_trade_no: str | None = None,
+    closed_at: datetime | None = None,
+    failure: tuple[str, str] | None = None,
+) -> Payment:
+    """Set a payment's new status (the caller checked the state machine under the row lock);
+    what is None stays as it was."""
+    row = await conn.fetchrow(
+        _FINISH_PAYMENT,
+        payment_id,
+        status.value,
+        paid_at,
+        channel_trade_no,
+        closed_at,
+        failure[0] if failure else None,
+        failure[1] if failure else None,
+    )
+    assert row is not None
+    return rows.payment(row)
+
+
+async def set_next_action(conn: Connection, payment_id: str, action: NextAction) -> Payment:
+    row = await conn.fetchrow(_SET_PAYMENT_NEXT_ACTION, payment_id, rows.next_action_json(action))
+    assert row is not None
+    return rows.payment(row)
+
+
+# ---- attempts -------------------------------------------------------------------------------
+
+
+async def insert_attempt(conn: Connection, attempt: NewAttempt) -> None:
+    await conn.execute(
+        _INSERT_ATTEMPT,
+        attempt.id,
+        attempt.payment_id,
+        attempt.seq,
+        attempt.channel,
+        attempt.adapter,
+        attempt.channel_order_id,
+        attempt.routing_rule,
+        attempt.routing_version,
+    )
+
+
+async def get_attempt(conn: Connection, attempt_id: str) -> Attempt | None:
+    row = await conn.fetchrow(_GET_ATTEMPT, attempt_id)
+    return None if row is None else rows.attempt(row)
+
+
+async def current_attempt(db: Executor, payment_id: str) -> Attempt | None:
+    """The payment's latest attempt."""
+    row = await db.fetchrow(_CURRENT_ATTEMPT, payment_id)
+    return None if row is None else rows.attempt(row)
+
+
+async def attempt_by_channel_order(
+    db: Executor, channel: str, channel_order_id: str
+) -> Attempt | None:
+    row = await db.fetchrow(_ATTEMPT_BY_CHANNEL_ORDER, channel, channel_order_id)
+    return None if row is None else rows.attempt(row)
 
 
 async def mark_attempt_waiting(
     pool: Pool,
-    attempt_id: str,
-    payment_id: str,
-    next_action: dict[str, str] | None,
+    attempt: NewAttempt,
+    next_action: NextAction | None,
     channel_trade_no: str | None,
     channel_code: str | None,
     next_sync_at: datetime,
-) -> asyncpg.Record | None:
+) -> Payment | None:
     """creating -> waiting for the attempt, and the payer's next action on the payment, in one
-    statement. Guarded by both states, so a notification that got there first wins."""
-    return await pool.fetchrow(
-        """
-        WITH a AS (
-            UPDATE payment_attempts SET status = 'waiting', channel_code = $5,
-                   channel_trade_no = COALESCE($4, channel_trade_no), next_sync_at = $6,
-                   updated_at = now()
-             WHERE id = $1 AND status = 'creating'
-            RETURNING id
-        )
-        UPDATE payments p SET next_action = $3,
-               channel_trade_no = COALESCE($4, p.channel_trade_no), updated_at = now()
-          FROM a
-         WHERE p.id = $2 AND p.status = 'pending'
-        RETURNING p.*
-        """,
-        attempt_id,
-        payment_id,
-        next_action,
+    statement. Guarded by both states, so a notification that got there first wins (None)."""
+    row = await pool.fetchrow(
+        _MARK_ATTEMPT_WAITING,
+        attempt.id,
+        attempt.payment_id,
+        rows.next_action_json(next_action),
         channel_trade_no,
         channel_code,
         next_sync_at,
     )
+    return None if row is None else rows.payment(row)
 
 
-async def update_attempt(conn: Connection, attempt_id: str, **changes: Any) -> None:
-    unknown = set(changes) - _ATTEMPT_COLUMNS
-    if unknown:
-        raise ValueError(f"not attempt columns: {unknown}")
-    sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
+async def mark_attempt_unknown(
+    conn: Connection, attempt_id: str, outcome: AttemptOutcome, next_sync_at: datetime
+) -> None:
+    """creating -> unknown (only from creating: a notification may have settled it)."""
     await conn.execute(
-        f"UPDATE payment_attempts SET {sets}, updated_at = now() WHERE id = $1",  # noqa: S608
+        _MARK_ATTEMPT_UNKNOWN,
         attempt_id,
-        *changes.values(),
+        outcome.channel_code,
+        outcome.channel_message,
+        next_sync_at,
     )
 
 
-async def update_payment(conn: Connection, payment_id: str, **changes: Any) -> asyncpg.Record:
-    unknown = set(changes) - _PAYMENT_COLUMNS
-    if unknown:
-        raise ValueError(f"not payment columns: {unknown}")
-    sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
-    row = await conn.fetchrow(
-        f"UPDATE payments SET {sets}, updated_at = now() WHERE id = $1 RETURNING *",  # noqa: S608
-        payment_id,
-        *changes.values(),
-    )
-    assert row is not None
-    return row
-
-
-async def get_payment(pool: Executor, merchant_id: str, payment_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
-    )
-
-
-async def get_payment_by_order(
-    pool: Executor, merchant_id: str, merchant_order_id: str
-) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        "SELECT * FROM payments WHERE merchant_id = $1 AND merchant_order_id = $2",
-        merchant_id,
-        merchant_order_id,
-    )
-
-
-async def lock_payment(conn: Connection, payment_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM payments WHERE id = $1 FOR UPDATE", payment_id)
-
-
-async def current_attempt(conn: Executor, payment_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT * FROM payment_attempts WHERE payment_id = $1 ORDER BY seq DESC LIMIT 1",
-        payment_id,
-    )
-
-
-async def attempt_by_channel_order(
-    conn: Executor, channel: str, channel_order_id: str
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT * FROM payment_attempts WHERE channel = $1 AND channel_order_id = $2",
-        channel,
-        channel_order_id,
-    )
-
-
-async def attempts(pool: Executor, payment_id: str) -> list[asyncpg.Record]:
-    return list(
-        await pool.fetch(
-            "SELECT * FROM payment_attempts WHERE payment_id = $1 ORDER BY seq", payment_id
-        )
-    )
-
-
-async def insert_event(
-    conn: Connection,
-    *,
-    event_id: str,
-    merchant_id: str,
-    event_type: str,
-    payment_id: str | None,
-    refund_id: str | None,
-    payload: dict[str, Any],
-    created_at: datetime,
-    notify_url: str | None,
-    request_id: str | None,
-) -> int:
-    """Write an event and its deliveries (the payment's notify_url and every active endpoint
-    of the merchant subscribed to the type) in the caller's transaction; wake the dispatchers
-    on commit. `request_id` is that of the request or job causing it (its callbacks carry it).
-    Returns the number of deliveries."""
+async def mark_attempt_failed_over(
+    conn: Connection, attempt_id: str, outcome: AttemptOutcome
+) -> None:
     await conn.execute(
-        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at,"
-        " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        event_id,
-        merchant_id,
-        event_type,
-        payment_id,
-        refund_id,
-        payload,
-        created_at,
-        request_id,
+        _MARK_ATTEMPT_FAILED_OVER,
+        attempt_id,
+        outcome.channel_code,
+        outcome.channel_message,
+        outcome.decision,
     )
-    count = await conn.fetchval(
-        """
-        WITH d AS (
-            INSERT INTO callback_deliveries (id, event_id, merchant_id, endpoint_id, url)
-            SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), $1, $2, NULL, $3
-             WHERE $3::text IS NOT NULL
-            UNION ALL
-            SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), $1, $2, e.id, e.url
-              FROM webhook_endpoints e
-             WHERE e.merchant_id = $2 AND e.status = 'active' AND $4 = ANY (e.events)
-            RETURNING 1
+
+
+async def finish_attempt(
+    conn: Connection, attempt_id: str, status: AttemptStatus, outcome: AttemptOutcome
+) -> None:
+    """A final status (the caller checked the state machine under the payment's lock)."""
+    await conn.execute(
+        _FINISH_ATTEMPT,
+        attempt_id,
+        status.value,
+        outcome.channel_code,
+        outcome.channel_message,
+        outcome.decision,
+        outcome.channel_trade_no,
+    )
+
+
+async def mark_attempt_waiting_after_query(
+    conn: Connection, attempt_id: str, channel_code: str | None
+) -> None:
+    await conn.execute(_MARK_ATTEMPT_WAITING_AFTER_QUERY, attempt_id, channel_code)
+
+
+async def note_late_payment_on_attempt(
+    conn: Connection, attempt_id: str, outcome: AttemptOutcome
+) -> None:
+    """What the channel says of an attempt paid after its payment was closed or failed."""
+    await conn.execute(
+        _NOTE_LATE_PAYMENT_ON_ATTEMPT,
+        attempt_id,
+        outcome.channel_trade_no,
+        outcome.channel_code,
+        outcome.channel_message,
+    )
+
+
+async def claim_due_attempts(pool: Pool, limit: int, lease_s: float) -> list[DueAttempt]:
+    """Lease up to `limit` open attempts whose sync is due (`FOR UPDATE SKIP LOCKED`; the claim
+    pushes their next sync `lease_s` away, so a process that dies leaves them to another)."""
+    return [rows.due_attempt(r) for r in await pool.fetch(_CLAIM_DUE_ATTEMPTS, limit, lease_s)]
+
+
+async def reschedule_attempt_sync(pool: Pool, attempt_id: str, at: datetime) -> None:
+    """The next sync of an attempt still open."""
+    await pool.execute(_RESCHEDULE_ATTEMPT_SYNC, attempt_id, at)
+
+
+async def count_due_attempts(pool: Pool) -> int:
+    return int(await pool.fetchval(_COUNT_DUE_ATTEMPTS) or 0)
+
+
+# ---- events and the outbox ------------------------------------------------------------------
+
+
+async def insert_event(conn: Connection, event: Event, notify_url: str | None) -> int:
+    """Write an event and its deliveries (to `notify_url`, if any, and to every active endpoint
+    of the merchant subscribed to the type) in the caller's transaction; wake the dispatchers
+    on commit. Returns the number of deliveries."""
+    await insert_event_only(conn, event)
+    count = int(
+        await conn.fetchval(
+            _INSERT_EVENT_DELIVERIES, event.id, event.merchant_id, notify_url, event.type
         )
-        SELECT count(*) FROM d
-        """,
-        event_id,
-        merchant_id,
-        notify_url,
-        event_type,
     )
     if count:
-        await conn.execute("SELECT pg_notify($1, '')", CALLBACK_CHANNEL)
-    return int(count)
+        await notify_dispatchers(conn)
+    return count
+
+
+async def insert_event_only(conn: Connection, event: Event) -> None:
+    """Write an event without deliveries (an operator's record, never sent to merchants)."""
+    await conn.execute(
+        _INSERT_EVENT,
+        event.id,
+        event.merchant_id,
+        event.type,
+        event.payment_id,
+        event.refund_id,
+        event.payload,
+        event.created_at,
+        event.request_id,
+    )
+
+
+async def notify_dispatchers(db: Executor) -> None:
+    """Wake the callback dispatchers (when the caller's transaction commits)."""
+    await db.execute(_NOTIFY_DISPATCHERS, CALLBACK_CHANNEL)
 
 
 async def record_notification(
-    conn: Executor,
+    db: Executor,
     channel: str,
     channel_order_id: str | None,
     kind: str | None,
-    outcome: str | None,
+    outcome: NotificationOutcome | None,
     applied: bool,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO channel_notifications (channel, channel_order_id, kind, outcome, applied)"
-        " VALUES ($1, $2, $3, $4, $5)",
+    await db.execute(
+        _INSERT_CHANNEL_NOTIFICATION,
         channel,
         channel_order_id,
         kind,
-        outcome,
+        None if outcome is None else outcome.value,
         applied,
     )

@@ -1,139 +1,123 @@
-"""Refund rows, and the record of a payment the channel reports paid after we closed it."""
+"""Refunds, the amounts they reserve on their payment, their status sync, and whether a late
+payment (paid at the channel after the gateway closed it) was recorded. Statements:
+`sql/refunds.sql`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
-import asyncpg
+from gateway.domain.records import Attempt, DueRefund, NewRefund, Refund
+from gateway.domain.states import RefundStatus
+from gateway.store import rows
+from gateway.store.db import Connection, Executor, Pool
+from gateway.store.queries import query
 
-from gateway.store.db import Connection, Executor
+LATE_PAYMENT_EVENT = "payment.paid_after_close"
+"""An internal event (never delivered to merchants): the channel reports an order paid after
+the gateway closed or failed its payment."""
+
+_INSERT_REFUND = query("insert_refund")
+_RESERVE_REFUND_AMOUNT = query("reserve_refund_amount")
+_SETTLE_REFUND_AMOUNT = query("settle_refund_amount")
+_GET_REFUND = query("get_refund")
+_GET_BY_MERCHANT_REFUND_ID = query("get_refund_by_merchant_refund_id")
+_GET_BY_CHANNEL_REFUND_ID = query("get_refund_by_channel_refund_id")
+_SUCCEEDED_ATTEMPT = query("succeeded_attempt")
+_SETTLE_REFUND = query("settle_refund")
+_CLAIM_DUE_REFUNDS = query("claim_due_refunds")
+_RESCHEDULE_REFUND_SYNC = query("reschedule_refund_sync")
+_LATE_PAYMENT_RECORDED = query("late_payment_recorded")
 
 
-async def insert_refund(conn: Connection, refund: Mapping[str, Any]) -> asyncpg.Record:
+async def insert_refund(conn: Connection, refund: NewRefund) -> Refund:
+    """Insert a pending refund and reserve its amount on its payment. The caller holds the
+    payment's row lock and has checked that the amount is available."""
     row = await conn.fetchrow(
-        """
-        INSERT INTO refunds (id, payment_id, merchant_id, merchant_refund_id, amount, currency,
-            reason, status, channel, channel_order_id, channel_refund_id, next_sync_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11)
-        RETURNING *
-        """,
-        refund["id"],
-        refund["payment_id"],
-        refund["merchant_id"],
-        refund["merchant_refund_id"],
-        refund["amount"],
-        refund["currency"],
-        refund["reason"],
-        refund["channel"],
-        refund["channel_order_id"],
-        refund["channel_refund_id"],
-        refund["next_sync_at"],
+        _INSERT_REFUND,
+        refund.id,
+        refund.payment_id,
+        refund.merchant_id,
+        refund.merchant_refund_id,
+        refund.amount,
+        refund.currency,
+        refund.reason,
+        refund.channel,
+        refund.channel_order_id,
+        refund.channel_refund_id,
+        refund.next_sync_at,
     )
     assert row is not None
-    return row
+    await conn.execute(_RESERVE_REFUND_AMOUNT, refund.payment_id, refund.amount)
+    return rows.refund(row)
+
+
+async def get_refund(db: Executor, merchant_id: str, refund_id: str) -> Refund | None:
+    row = await db.fetchrow(_GET_REFUND, refund_id, merchant_id)
+    return None if row is None else rows.refund(row)
 
 
 async def get_by_merchant_refund_id(
     db: Executor, payment_id: str, merchant_refund_id: str
-) -> asyncpg.Record | None:
-    return await db.fetchrow(
-        "SELECT * FROM refunds WHERE payment_id = $1 AND merchant_refund_id = $2",
-        payment_id,
-        merchant_refund_id,
-    )
+) -> Refund | None:
+    row = await db.fetchrow(_GET_BY_MERCHANT_REFUND_ID, payment_id, merchant_refund_id)
+    return None if row is None else rows.refund(row)
 
 
 async def get_by_channel_refund_id(
     db: Executor, channel: str, channel_refund_id: str
-) -> asyncpg.Record | None:
-    return await db.fetchrow(
-        "SELECT * FROM refunds WHERE channel = $1 AND channel_refund_id = $2",
-        channel,
-        channel_refund_id,
-    )
+) -> Refund | None:
+    row = await db.fetchrow(_GET_BY_CHANNEL_REFUND_ID, channel, channel_refund_id)
+    return None if row is None else rows.refund(row)
 
 
-async def get_refund(db: Executor, merchant_id: str, refund_id: str) -> asyncpg.Record | None:
-    return await db.fetchrow(
-        "SELECT * FROM refunds WHERE id = $1 AND merchant_id = $2", refund_id, merchant_id
-    )
-
-
-async def succeeded_attempt(db: Executor, payment_id: str) -> asyncpg.Record | None:
-    return await db.fetchrow(
-        "SELECT * FROM payment_attempts WHERE payment_id = $1 AND status = 'succeeded'"
-        " ORDER BY seq DESC LIMIT 1",
-        payment_id,
-    )
+async def succeeded_attempt(db: Executor, payment_id: str) -> Attempt | None:
+    """The attempt a succeeded payment was paid through."""
+    row = await db.fetchrow(_SUCCEEDED_ATTEMPT, payment_id)
+    return None if row is None else rows.attempt(row)
 
 
 async def settle_refund(
     conn: Connection,
-    refund_id: str,
-    status: str,
+    refund: Refund,
+    status: RefundStatus,
     channel_refund_no: str | None,
     channel_code: str | None,
     failure: tuple[str, str] | None,
-) -> asyncpg.Record:
+) -> Refund:
+    """pending -> `status`, and the refund's amount no longer reserved on its payment (refunded
+    when it succeeded). The caller holds the payment's row lock and checked the state machine."""
     row = await conn.fetchrow(
-        """
-        UPDATE refunds SET status = $2, channel_refund_no = COALESCE($3, channel_refund_no),
-               channel_code = $4, failure_code = $5, failure_message = $6,
-               completed_at = now(), updated_at = now(), next_sync_at = NULL
-         WHERE id = $1
-        RETURNING *
-        """,
-        refund_id,
-        status,
+        _SETTLE_REFUND,
+        refund.id,
+        status.value,
         channel_refund_no,
         channel_code,
         failure[0] if failure else None,
         failure[1] if failure else None,
     )
     assert row is not None
-    return row
+    await conn.execute(
+        _SETTLE_REFUND_AMOUNT,
+        refund.payment_id,
+        refund.amount,
+        status is RefundStatus.SUCCEEDED,
+    )
+    return rows.refund(row)
 
 
-LATE_PAYMENT_EVENT = "payment.paid_after_close"
-"""An internal event (never delivered to merchants): the channel reports an order paid after
-the gateway closed or failed its payment."""
+async def claim_due_refunds(pool: Pool, limit: int, lease_s: float) -> list[DueRefund]:
+    """Lease up to `limit` pending refunds whose sync is due (as `claim_due_attempts`)."""
+    return [rows.due_refund(r) for r in await pool.fetch(_CLAIM_DUE_REFUNDS, limit, lease_s)]
+
+
+async def reschedule_refund_sync(pool: Pool, refund_id: str, at: datetime) -> None:
+    """The next sync of a refund still pending."""
+    await pool.execute(_RESCHEDULE_REFUND_SYNC, refund_id, at)
 
 
 async def late_payment_recorded(conn: Connection, payment_id: str, channel_order_id: str) -> bool:
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE payment_id = $1 AND type = $2"
-            " AND payload->>'channel_order_id' = $3)",
-            payment_id,
-            LATE_PAYMENT_EVENT,
-            channel_order_id,
+            _LATE_PAYMENT_RECORDED, payment_id, LATE_PAYMENT_EVENT, channel_order_id
         )
-    )
-
-
-async def record_late_payment(
-    conn: Connection,
-    *,
-    event_id: str,
-    merchant_id: str,
-    payment_id: str,
-    refund_id: str | None,
-    payload: dict[str, Any],
-    created_at: datetime,
-    request_id: str | None,
-) -> None:
-    """The audit row of a late payment: an event with no deliveries."""
-    await conn.execute(
-        "INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at,"
-        " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        event_id,
-        merchant_id,
-        LATE_PAYMENT_EVENT,
-        payment_id,
-        refund_id,
-        payload,
-        created_at,
-        request_id,
     )

@@ -147,7 +147,7 @@ async def test_sighup_reloads_the_routing_file_at_once(
     await wait_until(refused, within=10)
     view = await admin_routing(gw, http)
     assert view["stale"] is True and view["version"] != first["version"]
-    assert view["last_reload_error"].startswith("channels.bank_icbc.config: ")
+    assert view["last_reload_error"].startswith("channels.bank_icbc.config.merchant_private_key: ")
     assert gw.proc.poll() is None  # still serving the rules in force
     assert "routing_reload_refused" in gw.tail()
 

@@ -138,7 +138,7 @@ async def test_a_new_channel_with_a_bad_config_refuses_the_whole_file(
     assert registry.routing is old_rules and "bank_new" not in registry.routing.config.channels
     assert registry.adapter("bank_new") is None
     error = registry.holder.last_error
-    assert error is not None and error.startswith("channels.bank_new.config: ")
+    assert error is not None and error.startswith("channels.bank_new.config.merchant_private_key: ")
     assert "no_such_key.pem" in error
     # fixed: the new channel comes in with its adapter, built before the swap
     path.write_text(with_new_channel())
@@ -222,7 +222,7 @@ async def test_the_gateway_refuses_to_start_on_a_bad_channel(
     path.write_text(with_new_channel(key="keys/bank/no_such_key.pem"))
     async with aiohttp.ClientSession() as http:
         for check in (True, False):
-            with pytest.raises(RoutingError, match=r"channels\.bank_new\.config: "):
+            with pytest.raises(RoutingError, match=r"channels\.bank_new\.config\.merchant_private_key: "):
                 start_registry(path, http, *redis_and_prefix, check=check)
 
 

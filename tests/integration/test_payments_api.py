@@ -201,7 +201,8 @@ async def test_the_key_of_a_request_that_died_is_taken_over_after_the_lease(
     merchant_id = await db.fetchval("SELECT merchant_id FROM merchant_keys WHERE id = $1",
                                     client.creds.key_id)  # fmt: skip
     # a process claimed the key and died before answering: nothing renews its lease
-    assert await idempotency.begin(db, merchant_id, "died-1", "POST", "/v1/payments", raw) is None
+    keys = idempotency.IdempotencyKeys(db)
+    assert await keys.begin(merchant_id, "died-1", "POST", "/v1/payments", raw) is None
     held = await client.request("POST", "/v1/payments", raw=raw, idempotency_key="died-1")
     assert (held.status, held.json["code"]) == (409, "idempotency_key_in_use")
     await asyncio.sleep(1.2)

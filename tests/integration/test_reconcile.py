@@ -253,7 +253,7 @@ async def test_shared_statement_late_payment_and_failed_run(
         == 0
     )
     current = await service.current_run(gateway.app[SERVICES].pool, "bank_icbc", day)
-    assert current is not None and current["id"] == report.run_id
+    assert current is not None and current.id == report.run_id
 
 
 async def test_commands_reconcile_and_settlement(

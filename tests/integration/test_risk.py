@@ -21,8 +21,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 from gateway.api.context import SERVICES
+from gateway.domain.errors import RiskRejected, ServiceUnavailable
 from gateway.domain.models import CreatePaymentRequest
-from gateway.errors import ApiError
 from gateway.risk.counters import RiskCounters
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
@@ -348,6 +348,7 @@ async def test_a_hot_edit_takes_effect_and_an_invalid_edit_keeps_the_old_rules(
 
         holder: RiskHolder = gw.app[SERVICES].payments.risk.holder  # type: ignore[union-attr]
         version = holder.current.version
+        failures_before = REGISTRY.get_sample_value("gateway_risk_reload_failures_total", {})
         with structlog.testing.capture_logs() as logs:
             write_rules(risk_path, b"amount_limits:\n  - name: max_9000\n    max: 90.00\n")
 
@@ -362,7 +363,8 @@ async def test_a_hot_edit_takes_effect_and_an_invalid_edit_keeps_the_old_rules(
         assert [e["error"] for e in logs if e["event"] == "risk_reload_refused"] == [
             holder.last_error
         ]
-        assert REGISTRY.get_sample_value("gateway_risk_reload_failures_total", {}) is not None
+        failures = REGISTRY.get_sample_value("gateway_risk_reload_failures_total", {})
+        assert failures == (failures_before or 0) + 1
         assert_refused(await client.create_payment(amount=5001), "max_5000")  # old rules serve
         assert (await client.create_payment(amount=5000)).status == 201
 
@@ -385,13 +387,12 @@ async def test_redis_down_fails_closed_for_counter_rules(tmp_path: Path) -> None
         return CreatePaymentRequest.model_validate(payment_payload(**{"amount": 500, **overrides}))
 
     try:
-        with pytest.raises(ApiError) as down:
+        with pytest.raises(ServiceUnavailable) as down:
             await engine.check("mch_x", request(payer={"id": "u-1"}))
-        assert (down.value.status, down.value.code) == (503, "service_unavailable")
-        assert down.value.headers == {"Retry-After": "1"}
-        with pytest.raises(ApiError) as limit:  # rules without counters still answer
+        assert (down.value.code, down.value.retry_after_s) == ("service_unavailable", 1)
+        with pytest.raises(RiskRejected) as limit:  # rules without counters still answer
             await engine.check("mch_x", request(amount=1001, payer={"id": "u-1"}))
-        assert (limit.value.status, limit.value.extra) == (403, {"rule": "max_1000"})
+        assert (limit.value.code, limit.value.members()) == ("risk_rejected", {"rule": "max_1000"})
         await engine.check("mch_x", request())  # no payer id: no counter, no Redis needed
     finally:
         await dead.aclose()

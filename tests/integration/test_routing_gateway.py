@@ -395,7 +395,7 @@ async def test_a_bad_channel_config_is_refused_whole_and_the_old_rules_keep_serv
         assert resp.status == 200
         answer = await resp.json()
     assert answer["changed"] is False and answer["stale"] is True
-    assert answer["last_reload_error"].startswith("channels.bank_c.config: ")
+    assert answer["last_reload_error"].startswith("channels.bank_c.config.merchant_private_key: ")
     view = await admin(gw)
     assert view["version"] == before["version"] and "bank_c" not in view["channels"]
     assert view["last_reload_error"] == answer["last_reload_error"]

@@ -369,6 +369,34 @@ async def test_exhausted_delivery_fails_and_manual_retry_sends_it_again(
     assert missing.status == 404
 
 
+async def test_a_delivery_under_way_cannot_be_retried_and_is_called_pending(
+    database_url: str, redis_prefix: str, merchant: Creds, db: asyncpg.Pool
+) -> None:
+    """The merchant sees deliveries as pending, succeeded or failed: the refusal to retry one
+    whose attempt is under way does not name the internal `delivering`."""
+    gw, server = await start_gateway(database_url, redis_prefix, background=False)
+    try:
+        client = gw.client(merchant)
+        event_id = await event_of(db, await pay(gw, client))
+        await db.execute(
+            "INSERT INTO callback_deliveries (id, event_id, merchant_id, url, status,"
+            " locked_until) VALUES ('dlv_busy', $1, $2, 'https://shop.example/h', 'delivering',"
+            " now() + interval '30 seconds')",
+            event_id,
+            merchant.merchant_id,
+        )
+        refused = await client.request("POST", "/v1/webhook-deliveries/dlv_busy/retry")
+        assert (refused.status, refused.json["code"]) == (409, "invalid_state")
+        assert refused.json["detail"] == (
+            "Only failed deliveries can be retried (this one is pending)."
+        )
+        listed = await client.request("GET", f"/v1/webhook-deliveries?event_id={event_id}")
+        assert [d["status"] for d in listed.json["data"]] == ["pending"]
+    finally:
+        await gw.http.close()
+        await server.close()
+
+
 # --- signatures and secret rotation ----------------------------------------------------------
 
 

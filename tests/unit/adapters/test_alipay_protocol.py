@@ -14,14 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.alipay import bill
 from adapters.alipay import protocol as p
 from adapters.base import Decision, NotificationKind, NotificationRejected, Outcome, StatementKind
+from adapters.chinatime import china_date
+from adapters.kernel.crypto import load_private_key, load_public_key
 
 KEYS = Path(__file__).resolve().parents[3] / "config" / "keys" / "alipay"
-APP_PRIVATE = p.load_private_key((KEYS / "app_private_key.pem").read_bytes())
-APP_PUBLIC = p.load_public_key((KEYS / "app_public_key.pem").read_bytes())
-ALIPAY_PRIVATE = p.load_private_key((KEYS / "alipay_private_key.pem").read_bytes())
-ALIPAY_PUBLIC = p.load_public_key((KEYS / "alipay_public_key.pem").read_bytes())
+APP_PRIVATE = load_private_key((KEYS / "app_private_key.pem").read_bytes())
+APP_PUBLIC = load_public_key((KEYS / "app_public_key.pem").read_bytes())
+ALIPAY_PRIVATE = load_private_key((KEYS / "alipay_private_key.pem").read_bytes())
+ALIPAY_PUBLIC = load_public_key((KEYS / "alipay_public_key.pem").read_bytes())
 
 VECTOR_PARAMS = {
     "app_id": "2021000000000001",
@@ -99,12 +102,12 @@ def test_bare_base64_keys_as_the_console_shows_them() -> None:
         lines = (KEYS / name).read_text().strip().splitlines()
         return "".join(lines[1:-1]).encode()
 
-    private = p.load_private_key(bare("app_private_key.pem"))
-    public = p.load_public_key(bare("app_public_key.pem"))
+    private = load_private_key(bare("app_private_key.pem"))
+    public = load_public_key(bare("app_public_key.pem"))
     assert p.sign(VECTOR_CONTENT, private) == VECTOR_SIGNATURE
     assert p.verify(VECTOR_CONTENT, VECTOR_SIGNATURE, public)
     with pytest.raises(ValueError):
-        p.load_public_key(b"not a key")
+        load_public_key(b"not a key")
 
 
 @settings(max_examples=20, deadline=None)
@@ -258,7 +261,7 @@ def test_amount_of_refuses_floats() -> None:
 
 @given(st.integers(min_value=0, max_value=10**11))
 def test_yuan_roundtrip_through_signed_yuan(fen: int) -> None:
-    assert p.amount_of({"x": p.signed_yuan(fen)}, "x") == fen
+    assert p.amount_of({"x": bill.signed_yuan(fen)}, "x") == fen
 
 
 def test_times_are_china_time() -> None:
@@ -268,7 +271,7 @@ def test_times_are_china_time() -> None:
     parsed = p.parse_time("2026-03-02 00:00:00")
     assert parsed == moment.replace(microsecond=0)
     assert p.parse_time("2026-03-02 00:00:00.123") == moment.replace(microsecond=123000)
-    assert p.china_date(moment) == date(2026, 3, 2)
+    assert china_date(moment) == date(2026, 3, 2)
     with pytest.raises(ValueError):
         p.parse_time("2026-03-02T00:00:00")
 
@@ -620,10 +623,10 @@ def bill_text(*rows: list[str]) -> list[str]:
     return [
         "#支付宝业务明细查询\r\n",
         "#账号：[20881021778468800156]\r\n",
-        p.BILL_LIST_START + "\r\n",
-        ",".join(p.BILL_COLUMNS) + "\r\n",
-        *(p.bill_row(r) for r in rows),
-        p.BILL_LIST_END + "\r\n",
+        bill.BILL_LIST_START + "\r\n",
+        ",".join(bill.BILL_COLUMNS) + "\r\n",
+        *(bill.bill_row(r) for r in rows),
+        bill.BILL_LIST_END + "\r\n",
         "#交易合计：1笔，退款合计：1笔\r\n",
     ]
 
@@ -631,7 +634,7 @@ def bill_text(*rows: list[str]) -> list[str]:
 def row(
     trade_no: str, order: str, kind: str, amount: str, refund_no: str = "", fee: str = "-0.12"
 ) -> list[str]:
-    values = [""] * len(p.BILL_COLUMNS)
+    values = [""] * len(bill.BILL_COLUMNS)
     values[0], values[1], values[2], values[3] = trade_no, order, kind, "Order, with a comma"
     values[4] = values[5] = "2026-01-01 12:00:00"
     values[11] = values[12] = amount
@@ -641,7 +644,7 @@ def row(
 
 
 def test_bill_parser_reads_payments_and_refunds() -> None:
-    parser = p.BillParser()
+    parser = bill.BillParser()
     lines = bill_text(
         row("T1", "pay_1", "交易", "19.99"),
         row("T1", "pay_1", "退款", "-5.00", refund_no="re_1", fee="0.03"),
@@ -669,7 +672,7 @@ def test_bill_parser_reads_payments_and_refunds() -> None:
 
 def test_bill_parser_refuses_another_file() -> None:
     with pytest.raises(ValueError):
-        p.BillParser().feed("a,b,c\r\n")
+        bill.BillParser().feed("a,b,c\r\n")
 
 
 class _GbkZipInfo(zipfile.ZipInfo):
@@ -690,13 +693,13 @@ def test_zip_bill_as_the_real_channel_serves_it() -> None:
         ):
             archive.writestr(_GbkZipInfo(name), data)
     buffer.seek(0)
-    parser = p.BillParser()
-    parsed = [x for x in map(parser.feed, p.iter_zip_bill_lines(buffer)) if x is not None]
+    parser = bill.BillParser()
+    parsed = [x for x in map(parser.feed, bill.iter_zip_bill_lines(buffer)) if x is not None]
     assert [(x.channel_order_id, x.amount) for x in parsed] == [("pay_1", 1999)]
 
 
 def test_signed_yuan() -> None:
-    assert p.signed_yuan(-12) == "-0.12"
-    assert p.signed_yuan(1999) == "19.99"
-    assert p.signed_yuan(0) == "0.00"
+    assert bill.signed_yuan(-12) == "-0.12"
+    assert bill.signed_yuan(1999) == "19.99"
+    assert bill.signed_yuan(0) == "0.00"
     assert timedelta(seconds=sum(p.NOTIFY_SCHEDULE_S)) == timedelta(hours=24, minutes=24)

@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from adapters.bank import protocol as p
 from adapters.bank.simulator import NonceWindow
 from adapters.base import Decision, NotificationKind, Outcome, StatementKind
+from adapters.kernel.calls import Call
+from adapters.kernel.crypto import load_private_key, load_public_key
 
 KEYS = Path(__file__).resolve().parents[3] / "config" / "keys" / "bank"
-MERCHANT_PRIVATE = p.load_private_key((KEYS / "merchant_private.pem").read_bytes())
-MERCHANT_PUBLIC = p.load_public_key((KEYS / "merchant_public.pem").read_bytes())
-BANK_PRIVATE = p.load_private_key((KEYS / "bank_private.pem").read_bytes())
-BANK_PUBLIC = p.load_public_key((KEYS / "bank_public.pem").read_bytes())
+MERCHANT_PRIVATE = load_private_key((KEYS / "merchant_private.pem").read_bytes())
+MERCHANT_PUBLIC = load_public_key((KEYS / "merchant_public.pem").read_bytes())
+BANK_PRIVATE = load_private_key((KEYS / "bank_private.pem").read_bytes())
+BANK_PUBLIC = load_public_key((KEYS / "bank_public.pem").read_bytes())
 
 BODY = b'{"merchant_id":"M100200300","order_no":"pay_abc_1","amount":1999}'
 NONCE = "n0nce-0123456789abcdef"
@@ -110,27 +112,6 @@ def test_streaming_verifier_matches_whole_body() -> None:
     assert not bad.verify(BANK_PUBLIC, signature)
 
 
-def test_keys_must_be_rsa_2048() -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    pem = small.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    with pytest.raises(ValueError):
-        p.load_private_key(pem)
-    ec_pub = (
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    with pytest.raises(ValueError):
-        p.load_public_key(ec_pub)
-
-
 # ---- amounts, times, cards ----------------------------------------------------------------
 
 
@@ -190,9 +171,9 @@ def test_error_table() -> None:
     for code in ("05", "14", "51", "54", "61"):
         assert p.ERROR_TABLE[code] is Decision.FINAL
     for code in ("91", "96"):
-        assert p.decision_for(code, p.Operation.CREATE) is Decision.FAILOVER
-        assert p.decision_for(code, p.Operation.QUERY) is Decision.RETRY
-        assert p.decision_for(code, p.Operation.REFUND) is Decision.RETRY
+        assert p.decision_for(code, Call.CREATE) is Decision.FAILOVER
+        assert p.decision_for(code, Call.QUERY) is Decision.RETRY
+        assert p.decision_for(code, Call.REFUND) is Decision.RETRY
     assert p.decision_for("Z9") is Decision.RETRY  # unknown: never assume
     assert set(p.RESP_MESSAGES) >= set(p.ERROR_TABLE)
 
@@ -219,7 +200,7 @@ def answer(code: str, **objects: Any) -> p.ApiAnswer:
 
 
 def test_create_waiting_redirects_to_the_hosted_page() -> None:
-    result = p.to_result(p.Operation.CREATE, answer("00", order=order("CREATED", "09")))
+    result = p.to_result(Call.CREATE, answer("00", order=order("CREATED", "09")))
     assert result.outcome is Outcome.WAITING
     assert result.next_action is not None
     assert result.next_action.type == "redirect"
@@ -229,7 +210,7 @@ def test_create_waiting_redirects_to_the_hosted_page() -> None:
 
 @pytest.mark.parametrize("code", ["05", "14", "51", "54", "61"])
 def test_create_decline_is_final(code: str) -> None:
-    result = p.to_result(p.Operation.CREATE, answer(code))
+    result = p.to_result(Call.CREATE, answer(code))
     assert (result.outcome, result.decision, result.channel_code) == (
         Outcome.FAILED,
         Decision.FINAL,
@@ -239,44 +220,44 @@ def test_create_decline_is_final(code: str) -> None:
 
 @pytest.mark.parametrize("code", ["91", "96", "63"])
 def test_create_system_error_fails_over(code: str) -> None:
-    result = p.to_result(p.Operation.CREATE, answer(code))
+    result = p.to_result(Call.CREATE, answer(code))
     assert (result.outcome, result.decision) == (Outcome.SYSTEM_ERROR, Decision.FAILOVER)
-    queried = p.to_result(p.Operation.QUERY, answer(code))
+    queried = p.to_result(Call.QUERY, answer(code))
     assert (queried.outcome, queried.decision) == (Outcome.UNKNOWN, Decision.RETRY)
-    refunded = p.to_result(p.Operation.REFUND, answer(code))
+    refunded = p.to_result(Call.REFUND, answer(code))
     assert (refunded.outcome, refunded.decision) == (Outcome.SYSTEM_ERROR, Decision.RETRY)
 
 
 def test_unknown_code_is_unknown() -> None:
-    result = p.to_result(p.Operation.CREATE, answer("Z9"))
+    result = p.to_result(Call.CREATE, answer("Z9"))
     assert (result.outcome, result.decision) == (Outcome.UNKNOWN, Decision.RETRY)
 
 
 def test_query_states() -> None:
-    paid = p.to_result(p.Operation.QUERY, answer("00", order=order("SUCCESS")))
+    paid = p.to_result(Call.QUERY, answer("00", order=order("SUCCESS")))
     assert paid.outcome is Outcome.SUCCEEDED
     assert paid.amount == 1999
     assert paid.paid_at == datetime(2024, 5, 1, 4, 1, tzinfo=UTC)
-    processing = p.to_result(p.Operation.QUERY, answer("00", order=order("PROCESSING", "09")))
+    processing = p.to_result(Call.QUERY, answer("00", order=order("PROCESSING", "09")))
     assert processing.outcome is Outcome.WAITING and processing.next_action is None
-    declined = p.to_result(p.Operation.QUERY, answer("00", order=order("FAILED", "51")))
+    declined = p.to_result(Call.QUERY, answer("00", order=order("FAILED", "51")))
     assert (declined.outcome, declined.channel_code) == (Outcome.FAILED, "51")
-    closed = p.to_result(p.Operation.QUERY, answer("00", order=order("CLOSED")))
+    closed = p.to_result(Call.QUERY, answer("00", order=order("CLOSED")))
     assert (closed.outcome, closed.channel_code) == (Outcome.FAILED, "CLOSED")
-    missing = p.to_result(p.Operation.QUERY, answer("25"))
+    missing = p.to_result(Call.QUERY, answer("25"))
     assert (missing.outcome, missing.decision) == (Outcome.FAILED, Decision.FINAL)
 
 
 def test_close_results() -> None:
-    closed = p.to_result(p.Operation.CLOSE, answer("00", order=order("CLOSED")))
+    closed = p.to_result(Call.CLOSE, answer("00", order=order("CLOSED")))
     assert closed.outcome is Outcome.SUCCEEDED
-    paid = p.to_result(p.Operation.CLOSE, answer("12", order=order("SUCCESS")))
+    paid = p.to_result(Call.CLOSE, answer("12", order=order("SUCCESS")))
     assert (paid.outcome, paid.channel_code) == (Outcome.FAILED, "12")
-    busy = p.to_result(p.Operation.CLOSE, answer("09", order=order("PROCESSING", "09")))
+    busy = p.to_result(Call.CLOSE, answer("09", order=order("PROCESSING", "09")))
     assert (busy.outcome, busy.decision) == (Outcome.FAILED, Decision.RETRY)
-    cancelled = p.to_result(p.Operation.CLOSE, answer("00", order=order("FAILED", "17")))
+    cancelled = p.to_result(Call.CLOSE, answer("00", order=order("FAILED", "17")))
     assert (cancelled.outcome, cancelled.channel_code) == (Outcome.FAILED, "17")
-    error = p.to_result(p.Operation.CLOSE, answer("96"))
+    error = p.to_result(Call.CLOSE, answer("96"))
     assert error.outcome is Outcome.UNKNOWN
 
 
@@ -295,37 +276,15 @@ def refund(status: str) -> dict[str, Any]:
 
 
 def test_refund_results() -> None:
-    done = p.to_result(p.Operation.REFUND, answer("00", refund=refund("SUCCESS")))
+    done = p.to_result(Call.REFUND, answer("00", refund=refund("SUCCESS")))
     assert (done.outcome, done.channel_trade_no, done.amount) == (Outcome.SUCCEEDED, "R1", 500)
-    waiting = p.to_result(p.Operation.REFUND_QUERY, answer("00", refund=refund("PROCESSING")))
+    waiting = p.to_result(Call.REFUND_QUERY, answer("00", refund=refund("PROCESSING")))
     assert waiting.outcome is Outcome.WAITING
     for code in ("12", "13", "94"):
-        refused = p.to_result(p.Operation.REFUND, answer(code))
+        refused = p.to_result(Call.REFUND, answer(code))
         assert (refused.outcome, refused.decision) == (Outcome.FAILED, Decision.FINAL)
-    missing = p.to_result(p.Operation.REFUND_QUERY, answer("25"))
+    missing = p.to_result(Call.REFUND_QUERY, answer("25"))
     assert missing.outcome is Outcome.FAILED
-
-
-def test_transport_results_never_fail_over_after_sending() -> None:
-    refused = p.transport_result(
-        p.Operation.CREATE, p.TransportFailure.NOT_SENT, "refused", maybe_sent=False
-    )
-    assert (refused.outcome, refused.decision) == (Outcome.SYSTEM_ERROR, Decision.FAILOVER)
-    after_timeout = p.transport_result(
-        p.Operation.CREATE, p.TransportFailure.NOT_SENT, "refused", maybe_sent=True
-    )
-    assert after_timeout.outcome is Outcome.UNKNOWN
-    for failure in (
-        p.TransportFailure.TIMEOUT,
-        p.TransportFailure.DROPPED,
-        p.TransportFailure.BAD_GATEWAY,
-        p.TransportFailure.INVALID_SIGNATURE,
-    ):
-        result = p.transport_result(p.Operation.CREATE, failure, "", maybe_sent=True)
-        assert (result.outcome, result.decision) == (Outcome.UNKNOWN, Decision.RETRY)
-    assert (
-        p.transport_result(p.Operation.QUERY, p.TransportFailure.NOT_SENT, "", maybe_sent=False)
-    ).outcome is Outcome.UNKNOWN
 
 
 def test_notifications_map_to_results() -> None:

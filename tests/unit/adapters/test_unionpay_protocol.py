@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.base import Decision, Outcome, StatementKind
-from adapters.unionpay import devkeys
+from adapters.chinatime import CHINA_TZ
+from adapters.unionpay import devkeys, statement
 from adapters.unionpay import protocol as p
 
 KEYS = Path(__file__).resolve().parents[3] / "config" / "keys" / "unionpay"
@@ -95,14 +96,14 @@ def test_signing_string_sorts_and_leaves_out_the_signature() -> None:
 
 
 def test_fixed_vector_with_the_dev_merchant_key() -> None:
-    assert p.sign(REQUEST, MERCHANT_KEY) == REQUEST_SIGNATURE
+    assert p.sign(MERCHANT_KEY, REQUEST) == REQUEST_SIGNATURE
     signed = REQUEST | {"signature": REQUEST_SIGNATURE}
-    assert p.verify(signed, _public(MERCHANT_CERT))
-    assert not p.verify(signed | {"txnAmt": "1998"}, _public(MERCHANT_CERT))
-    assert not p.verify(signed | {"extra": "x"}, _public(MERCHANT_CERT))
-    assert not p.verify(signed, _public(UNIONPAY_CERT))  # another key
-    assert not p.verify(signed | {"signature": "not base64!"}, _public(MERCHANT_CERT))
-    assert not p.verify(REQUEST, _public(MERCHANT_CERT))  # no signature at all
+    assert p.verify(_public(MERCHANT_CERT), signed)
+    assert not p.verify(_public(MERCHANT_CERT), signed | {"txnAmt": "1998"})
+    assert not p.verify(_public(MERCHANT_CERT), signed | {"extra": "x"})
+    assert not p.verify(_public(UNIONPAY_CERT), signed)  # another key
+    assert not p.verify(_public(MERCHANT_CERT), signed | {"signature": "not base64!"})
+    assert not p.verify(_public(MERCHANT_CERT), REQUEST)  # no signature at all
 
 
 def test_sign_request_drops_blanks_and_sets_the_cert_id() -> None:
@@ -111,7 +112,7 @@ def test_sign_request_drops_blanks_and_sets_the_cert_id() -> None:
     signed = p.sign_request(REQUEST | {"reqReserved": "", "certId": "old"}, MERCHANT_KEY, cert_id)
     assert "reqReserved" not in signed
     assert signed["certId"] == cert_id
-    assert p.verify(signed, _public(MERCHANT_CERT))
+    assert p.verify(_public(MERCHANT_CERT), signed)
 
 
 def _verifier(**kwargs: object) -> p.CertificateVerifier:
@@ -148,7 +149,7 @@ def _self_signed(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
 def test_a_signer_outside_the_chain_is_refused() -> None:
     key, cert = _self_signed("041@8310000000000001@中国银联股份有限公司@00000002")
     forged = p.sign_with_cert({"signMethod": "01", "respCode": "00"}, key, p.cert_pem(cert))
-    assert p.verify(forged, _public(cert))  # well signed, by an untrusted certificate
+    assert p.verify(_public(cert), forged)  # well signed, by an untrusted certificate
     with pytest.raises(p.SignatureError, match="chain"):
         _verifier().verify_message(forged)
 
@@ -289,10 +290,10 @@ def test_times_are_china_time() -> None:
     # traceTime has no year: after the turn of the year it belongs to the next one
     reference = p.parse_txn_time("20241231235900")
     assert p.parse_trace_time("0101000100", reference) == datetime(
-        2025, 1, 1, 0, 1, tzinfo=p.CHINA_TZ
+        2025, 1, 1, 0, 1, tzinfo=CHINA_TZ
     )
     assert p.parse_trace_time("1231235930", reference) == datetime(
-        2024, 12, 31, 23, 59, 30, tzinfo=p.CHINA_TZ
+        2024, 12, 31, 23, 59, 30, tzinfo=CHINA_TZ
     )
     assert p.parse_trace_time("bad", reference) is None
 
@@ -374,7 +375,7 @@ def test_query_results() -> None:
     )
     assert paid.outcome is Outcome.SUCCEEDED
     assert (paid.channel_trade_no, paid.amount) == ("202501020030051234567", 1999)
-    assert paid.paid_at == datetime(2025, 1, 2, 0, 31, 7, tzinfo=p.CHINA_TZ)
+    assert paid.paid_at == datetime(2025, 1, 2, 0, 31, 7, tzinfo=CHINA_TZ)
     for orig in ("03", "04", "05"):
         waiting = p.query_result({"respCode": "00", "origRespCode": orig})
         assert (waiting.outcome, waiting.decision) == (Outcome.WAITING, Decision.RETRY)
@@ -410,7 +411,7 @@ def test_refund_and_notification_results() -> None:
 
 def test_statement_file_round_trip() -> None:
     rows = [
-        p.StatementRow(
+        statement.StatementRow(
             "01",
             f"pay{i:026d}",
             "",
@@ -425,7 +426,7 @@ def test_statement_file_round_trip() -> None:
         )
         for i in range(300)
     ]
-    refund = p.StatementRow(
+    refund = statement.StatementRow(
         "04",
         "re1234567890",
         "pay" + "0" * 26,
@@ -438,12 +439,12 @@ def test_statement_file_round_trip() -> None:
         "00",
         "0102",
     )
-    undo = p.StatementRow(
+    undo = statement.StatementRow(
         "31", "pay1C", "pay1", "qu", "q1", "20250102010000", "", 700, 0, "01", "0102"
     )
-    text = p.statement_header() + "".join(r.line() for r in [*rows, refund, undo])
-    content = p.pack_file(text)
-    lines = list(p.statement_lines(p.unpack_file_lines(content, chunk_size=64)))
+    text = statement.statement_header() + "".join(r.line() for r in [*rows, refund, undo])
+    content = statement.pack_file(text)
+    lines = list(statement.statement_lines(statement.unpack_file_lines(content, chunk_size=64)))
     assert len(lines) == 302
     first = lines[0]
     assert (first.kind, first.channel_order_id, first.amount, first.fee, first.status) == (
@@ -453,7 +454,7 @@ def test_statement_file_round_trip() -> None:
         3,
         "succeeded",
     )
-    assert first.occurred_at == datetime(2025, 1, 2, 0, 31, 7, tzinfo=p.CHINA_TZ)
+    assert first.occurred_at == datetime(2025, 1, 2, 0, 31, 7, tzinfo=CHINA_TZ)
     back = lines[300]
     assert (back.kind, back.channel_order_id, back.channel_refund_id, back.amount) == (
         StatementKind.REFUND,
@@ -468,8 +469,8 @@ def test_statement_file_round_trip() -> None:
     )
     truncated = base64.b64encode(base64.b64decode(content)[:-6]).decode()
     with pytest.raises(ValueError):
-        list(p.unpack_file_lines(truncated))
+        list(statement.unpack_file_lines(truncated))
     with pytest.raises(ValueError):
-        p.statement_line("01,too,few")
+        statement.statement_line("01,too,few")
     with pytest.raises(ValueError):
-        p.statement_line("77,a,,q,,20250102003005,,1,0,00,0102")
+        statement.statement_line("77,a,,q,,20250102003005,,1,0,00,0102")

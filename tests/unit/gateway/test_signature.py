@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.auth.signature import (
-    AuthError,
     KeyType,
     Verifier,
     authorization_header,
@@ -19,6 +18,7 @@ from gateway.auth.signature import (
     sign,
     signed_message,
 )
+from gateway.domain.errors import AuthFailed
 
 
 def test_signed_message_is_five_lines_each_ending_in_newline() -> None:
@@ -106,7 +106,7 @@ GOOD_SIG = base64.b64encode(b"x" * 32).decode()
     ],
 )
 def test_malformed_headers(header: str | None) -> None:
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(AuthFailed) as info:
         parse_authorization(header)
     assert info.value.code == "malformed_authorization"
 
@@ -114,6 +114,6 @@ def test_malformed_headers(header: str | None) -> None:
 def test_timestamp_window() -> None:
     check_timestamp(1000, 1000 + 300)
     check_timestamp(1000, 1000 - 300)
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(AuthFailed) as info:
         check_timestamp(1000, 1301)
     assert info.value.code == "timestamp_out_of_window"

@@ -1,0 +1,4 @@
+-- The connection itself.
+
+-- name: ping
+SELECT 1;
