@@ -231,6 +231,7 @@ class Driver(abc.ABC):
     error_query_attempts: ClassVar[int]
     error_refund: ClassVar[Expect]
     timeout_create: ClassVar[Expect]
+    timeout_refund: ClassVar[Expect]
     refused_create: ClassVar[Expect]
     refused_query: ClassVar[Expect]
     dropped_create: ClassVar[Expect]
@@ -241,9 +242,13 @@ class Driver(abc.ABC):
     """An unsigned HTTP 502 from a front door, on every request."""
     bad_gateway_create_attempts: ClassVar[int]
     bad_gateway_query: ClassVar[Expect]
+    unsigned_refusals: ClassVar[tuple[tuple[int, Expect, int], ...]]
+    """An unsigned 401, 403 or 429 from a front door on every request: (the status, what a
+    create gets, how many requests it sent)."""
     untrusted_create: ClassVar[Expect]
     untrusted_query: ClassVar[Expect]
     untrusted_close: ClassVar[Expect]
+    untrusted_refund: ClassVar[Expect]
     untrusted_log_event: ClassVar[str]
     untrusted_statement_error: ClassVar[type[Exception]]
     wrong_key_create: ClassVar[Expect]
@@ -263,9 +268,9 @@ class Driver(abc.ABC):
     """The config member naming the merchant's private key file."""
     bad_configs: ClassVar[tuple[tuple[dict[str, Any], str], ...]]
     """Channel-specific configs the adapter refuses: (overrides, a fragment of the error)."""
-    inline_secret: ClassVar[tuple[dict[str, Any], str, str] | None]
-    """A refused config with a secret inline: (overrides, a fragment of the error, the member
-    holding the secret, which must not appear in the error)."""
+    inline_secrets: ClassVar[tuple[tuple[dict[str, Any], str, str], ...]]
+    """Refused configs with a secret inline: (overrides, a fragment of the error, the member
+    holding the secret, which must not appear in any error)."""
 
     @abc.abstractmethod
     def config(self, base_url: str) -> dict[str, Any]:
@@ -381,7 +386,7 @@ class BankDriver(Driver):
     error_query = (UNKNOWN, RETRY, "96")
     error_query_attempts = 2
     error_refund = (SYSTEM_ERROR, RETRY, "96")
-    timeout_create = (UNKNOWN, RETRY, "TIMEOUT")
+    timeout_create = timeout_refund = (UNKNOWN, RETRY, "TIMEOUT")
     refused_create = (SYSTEM_ERROR, FAILOVER, "CONNECTION_ERROR")
     refused_query = (UNKNOWN, RETRY, "CONNECTION_ERROR")
     dropped_create = dropped_query = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
@@ -389,7 +394,16 @@ class BankDriver(Driver):
     dropped_refund = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
     bad_gateway_create = bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
     bad_gateway_create_attempts = 2
-    untrusted_create = untrusted_query = untrusted_close = (UNKNOWN, RETRY, "INVALID_SIGNATURE")
+    unsigned_refusals = (
+        (401, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
+        (403, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
+        (429, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 2),
+    )
+    untrusted_create = untrusted_query = untrusted_close = untrusted_refund = (
+        UNKNOWN,
+        RETRY,
+        "INVALID_SIGNATURE",
+    )
     untrusted_log_event = "bank_response_signature_invalid"
     untrusted_statement_error = ResponseVerificationError
     wrong_key_create = (SYSTEM_ERROR, FAILOVER, "63")
@@ -404,7 +418,7 @@ class BankDriver(Driver):
 
     private_key_field = "merchant_private_key"
     bad_configs = (({"merchant_id": ""}, "merchant_id"),)
-    inline_secret = None
+    inline_secrets = ()
 
     def config(self, base_url: str) -> dict[str, Any]:
         return {
@@ -547,20 +561,29 @@ class WechatDriver(Driver):
     refund_unknown_order = (FAILED, FINAL, "RESOURCE_NOT_EXISTS")
 
     error_create = (SYSTEM_ERROR, FAILOVER, "SYSTEM_ERROR")
-    error_create_attempts = 3
+    error_create_attempts = 1  # a signed system error on a create fails over at once
     error_query = (UNKNOWN, RETRY, "SYSTEM_ERROR")
     error_query_attempts = 3
     error_refund = (UNKNOWN, RETRY, "SYSTEM_ERROR")
-    timeout_create = (UNKNOWN, RETRY, "TIMEOUT")
+    timeout_create = timeout_refund = (UNKNOWN, RETRY, "TIMEOUT")
     refused_create = (SYSTEM_ERROR, FAILOVER, "CONNECTION_REFUSED")
     refused_query = (UNKNOWN, RETRY, "CONNECTION_REFUSED")
     dropped_create = dropped_query = (UNKNOWN, RETRY, "CONNECTION_ERROR")
     dropped_create_attempts = 3  # retried: a create is idempotent by out_trade_no
     dropped_refund = (UNKNOWN, RETRY, "CONNECTION_ERROR")
-    bad_gateway_create = (SYSTEM_ERROR, FAILOVER, "SYSTEM_ERROR")
+    # an unsigned 5xx may come after WeChat Pay acted: repeated (idempotent), then UNKNOWN
+    bad_gateway_create = bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
     bad_gateway_create_attempts = 3
-    bad_gateway_query = (UNKNOWN, RETRY, "SYSTEM_ERROR")
-    untrusted_create = untrusted_query = untrusted_close = (UNKNOWN, RETRY, "INVALID_SIGNATURE")
+    unsigned_refusals = (
+        (401, (SYSTEM_ERROR, FAILOVER, "SIGN_ERROR"), 1),  # WeChat Pay's unsigned 401
+        (403, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
+        (429, (SYSTEM_ERROR, FAILOVER, "FREQUENCY_LIMITED"), 3),
+    )
+    untrusted_create = untrusted_query = untrusted_close = untrusted_refund = (
+        UNKNOWN,
+        RETRY,
+        "INVALID_SIGNATURE",
+    )
     untrusted_log_event = "wechat_bad_response_signature"
     untrusted_statement_error = StatementUnavailable
     wrong_key_create = (SYSTEM_ERROR, FAILOVER, "SIGN_ERROR")
@@ -581,7 +604,9 @@ class WechatDriver(Driver):
         ({"platform_cert_path": "keys/wechat/nope.pem"}, "platform_cert_path"),
     )
     # both the inline key and the key file
-    inline_secret = ({"apiv3_key": "S3cretS3cretS3cretS3cretS3cret!!"}, "exactly one", "apiv3_key")
+    inline_secrets = (
+        ({"apiv3_key": "S3cretS3cretS3cretS3cretS3cret!!"}, "exactly one", "apiv3_key"),
+    )
 
     def config(self, base_url: str) -> dict[str, Any]:
         return {
@@ -763,7 +788,7 @@ class AlipayDriver(Driver):
     error_query = (UNKNOWN, RETRY, "isp.unknow-error")
     error_query_attempts = 2
     error_refund = (UNKNOWN, RETRY, "isp.unknow-error")
-    timeout_create = (UNKNOWN, RETRY, "TIMEOUT")
+    timeout_create = timeout_refund = (UNKNOWN, RETRY, "TIMEOUT")
     refused_create = (SYSTEM_ERROR, FAILOVER, "CONNECT_ERROR")
     refused_query = (UNKNOWN, RETRY, "CONNECT_ERROR")
     dropped_create = dropped_query = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
@@ -772,7 +797,16 @@ class AlipayDriver(Driver):
     bad_gateway_create = (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR")
     bad_gateway_create_attempts = 2
     bad_gateway_query = (UNKNOWN, RETRY, "HTTP_ERROR")
-    untrusted_create = untrusted_query = untrusted_close = (UNKNOWN, RETRY, "INVALID_SIGNATURE")
+    unsigned_refusals = (
+        (401, (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR"), 1),
+        (403, (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR"), 1),
+        (429, (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR"), 2),
+    )
+    untrusted_create = untrusted_query = untrusted_close = untrusted_refund = (
+        UNKNOWN,
+        RETRY,
+        "INVALID_SIGNATURE",
+    )
     untrusted_log_event = "alipay_response_signature_invalid"
     untrusted_statement_error = StatementUnavailable
     wrong_key_create = (SYSTEM_ERROR, FAILOVER, "isv.invalid-signature")
@@ -787,7 +821,7 @@ class AlipayDriver(Driver):
 
     private_key_field = "app_private_key_path"
     bad_configs = (({"app_id": ""}, "app_id"),)
-    inline_secret = None
+    inline_secrets = ()
 
     def config(self, base_url: str) -> dict[str, Any]:
         return {
@@ -910,18 +944,26 @@ class UnionPayDriver(Driver):
     error_query = (UNKNOWN, RETRY, "96")
     error_query_attempts = 2
     error_refund = (SYSTEM_ERROR, RETRY, "96")  # its query of the payment failed first
-    timeout_create = (UNKNOWN, FINAL, "NO_ANSWER")
+    timeout_create = (UNKNOWN, RETRY, "NO_ANSWER")
+    # a refund starts with a query of the payment (for its queryId): that timed out, so the
+    # refund was never sent
+    timeout_refund = (SYSTEM_ERROR, RETRY, "NO_ANSWER")
     refused_create = (SYSTEM_ERROR, FAILOVER, "CONNECTION_FAILED")
     refused_query = (UNKNOWN, RETRY, "CONNECTION_FAILED")
-    dropped_create = (UNKNOWN, FINAL, "NO_ANSWER")
+    dropped_create = (UNKNOWN, RETRY, "NO_ANSWER")
     dropped_create_attempts = 1  # a repeated orderId would be refused: not repeated
     dropped_query = (UNKNOWN, RETRY, "NO_ANSWER")
     dropped_refund = (SYSTEM_ERROR, RETRY, "NO_ANSWER")
-    bad_gateway_create = (UNKNOWN, FINAL, "HTTP_5XX")
-    bad_gateway_create_attempts = 3  # the create, then a query (twice) to settle it
+    bad_gateway_create = (UNKNOWN, RETRY, "HTTP_5XX")
+    bad_gateway_create_attempts = 1  # not repeated, and left for the status sync to query
     bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
-    untrusted_create = (UNKNOWN, FINAL, "INVALID_SIGNATURE")
-    untrusted_query = untrusted_close = (UNKNOWN, RETRY, "INVALID_SIGNATURE")
+    unsigned_refusals = (
+        (401, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
+        (403, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
+        (429, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 2),
+    )
+    untrusted_create = untrusted_query = untrusted_close = (UNKNOWN, RETRY, "INVALID_SIGNATURE")
+    untrusted_refund = (SYSTEM_ERROR, RETRY, "INVALID_SIGNATURE")  # its query was not trusted
     untrusted_log_event = "unionpay_response_signature_invalid"
     untrusted_statement_error = StatementUnavailable
     wrong_key_create = (SYSTEM_ERROR, FAILOVER, "11")
@@ -939,10 +981,21 @@ class UnionPayDriver(Driver):
         ({"mer_id": "123"}, "mer_id"),
         ({"sign_cert_path": "keys/unionpay/unionpay_sign_cert.pem"}, "does not match"),
         ({"root_cert_path": "keys/unionpay/middle_ca.pem"}, "root"),
-        ({"sign_key_password": "S3cret-pw"}, "not encrypted"),
     )
-    # a YAML password of digits is an int, refused by type: the error must not quote it
-    inline_secret = ({"sign_key_password": 987654321}, "sign_key_password", "sign_key_password")
+    # a password for the development key, which is not encrypted: refused by the key file (a
+    # YAML password of digits is a number, taken as its digits like every config string)
+    inline_secrets = (
+        (
+            {"sign_key_password": "S3cret-pw"},
+            "sign_key_path: not a readable private key",
+            "sign_key_password",
+        ),
+        (
+            {"sign_key_password": 987654321},
+            "sign_key_path: not a readable private key",
+            "sign_key_password",
+        ),
+    )
     signer_cn = "041@8310000000000001@中国银联股份有限公司@00000009"
 
     def config(self, base_url: str) -> dict[str, Any]:

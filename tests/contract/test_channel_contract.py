@@ -18,6 +18,7 @@ import structlog.testing
 from aiohttp import web
 
 from adapters.base import (
+    ChannelResult,
     IncomingRequest,
     Notification,
     NotificationKind,
@@ -34,7 +35,7 @@ from tests.contract.conftest import (
     Channel,
     result_shape,
 )
-from tests.contract.drivers import CHINA, CONFIG_DIR, FAILOVER, write
+from tests.contract.drivers import CHINA, CONFIG_DIR, FAILOVER, RETRY, write
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -52,6 +53,18 @@ def same_event(first: Notification, second: Notification, ignore: frozenset[str]
     assert replace(first.result, raw={}) == replace(second.result, raw={})
     kept = [{k: v for k, v in n.result.raw.items() if k not in ignore} for n in (first, second)]
     assert kept[0] == kept[1]
+
+
+def is_left_to_query(created: ChannelResult) -> bool:
+    """A create whose outcome is not known: UNKNOWN, to be queried later (RETRY), for every
+    channel; never failed over."""
+    return (created.outcome, created.decision) == (Outcome.UNKNOWN, RETRY)
+
+
+def is_left_open(refund: ChannelResult) -> bool:
+    """A refund that got no answer to settle it: neither done nor refused, to be asked again
+    at the same channel."""
+    return refund.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED) and refund.decision is RETRY
 
 
 async def wait_for_view(channel: Channel, order_id: str, within_s: float) -> dict[str, object]:
@@ -510,8 +523,11 @@ async def test_timeout_is_unknown_and_a_later_query_resolves_it(channel: Channel
     result = await impatient.create_payment(req)
     assert time.monotonic() - started < SHORT_TIMEOUT_MS / 1000 + 0.3
     assert result_shape(result) == driver.timeout_create
-    assert result.outcome is Outcome.UNKNOWN and result.decision is not FAILOVER
+    assert is_left_to_query(result)
     assert result.next_action is None
+    refund = await impatient.refund(channel.refund_of(channel.payment(), 100))
+    assert result_shape(refund) == driver.timeout_refund
+    assert is_left_open(refund)
 
     await channel.faults(timeout_rate=0)
     # the channel carried on after the caller gave up: the order exists, a query says so
@@ -529,7 +545,7 @@ async def test_timeout_after_the_channel_acted_is_unknown(channel: Channel) -> N
     req = channel.payment()
     result = await impatient.create_payment(req)
     assert result_shape(result) == driver.timeout_create
-    assert result.outcome is Outcome.UNKNOWN and result.decision is not FAILOVER
+    assert is_left_to_query(result)
     await channel.faults(latency_ms=0)
     view = await wait_for_view(channel, req.channel_order_id, 3)
     assert (view["status"], view["amount"]) == (driver.sim_waiting, 1999)
@@ -550,14 +566,14 @@ async def test_connection_dropped_after_sending_is_unknown(channel: Channel) -> 
     adapter = channel.build(base_url=stub.base_url)
     created = await adapter.create_payment(channel.payment())
     assert result_shape(created) == driver.dropped_create
-    assert created.outcome is Outcome.UNKNOWN and created.decision is not FAILOVER
+    assert is_left_to_query(created)
     assert stub.hits == driver.dropped_create_attempts
     queried = await adapter.query_payment(channel.new_order_id())
     assert result_shape(queried) == driver.dropped_query
     paid = channel.payment()
     refund = await adapter.refund(channel.refund_of(paid, 100))
     assert result_shape(refund) == driver.dropped_refund
-    assert refund.decision is not FAILOVER and not refund.is_final
+    assert is_left_open(refund)
 
 
 async def test_bad_gateway_in_front_of_the_channel(channel: Channel) -> None:
@@ -575,6 +591,26 @@ async def test_bad_gateway_in_front_of_the_channel(channel: Channel) -> None:
     assert result_shape(queried) == driver.bad_gateway_query
 
 
+async def test_an_unsigned_refusal_in_front_of_the_channel_fails_over(channel: Channel) -> None:
+    """An unsigned 4xx (a front door turning the request away) or 429 (its rate limit) came
+    before the channel's logic: nothing was created, so a create fails over; a 4xx is not
+    tried again, a 429 is."""
+    driver = channel.driver
+    for status, expected, attempts in driver.unsigned_refusals:
+
+        async def refuse(request: web.Request, status: int = status) -> web.StreamResponse:
+            return web.Response(status=status, text="refused in front")
+
+        stub = await channel.stub(refuse)
+        adapter = channel.build(base_url=stub.base_url)
+        created = await adapter.create_payment(channel.payment())
+        assert result_shape(created) == expected, status
+        assert (created.outcome, created.decision) == (Outcome.SYSTEM_ERROR, FAILOVER), status
+        assert stub.hits == attempts, status
+        refund = await adapter.refund(channel.refund_of(channel.payment(), 100))
+        assert (refund.outcome, refund.decision) == (Outcome.SYSTEM_ERROR, RETRY), status
+
+
 async def test_an_answer_with_a_bad_signature_is_not_trusted(
     channel: Channel, tmp_path: Path
 ) -> None:
@@ -584,7 +620,7 @@ async def test_an_answer_with_a_bad_signature_is_not_trusted(
     with structlog.testing.capture_logs() as logs:
         created = await distrustful.create_payment(req)
     assert result_shape(created) == driver.untrusted_create
-    assert created.outcome is Outcome.UNKNOWN and created.decision is not FAILOVER
+    assert is_left_to_query(created)
     assert created.next_action is None
     warning = next(e for e in logs if e["event"] == driver.untrusted_log_event)
     assert warning["log_level"] == "warning"
@@ -600,6 +636,9 @@ async def test_an_answer_with_a_bad_signature_is_not_trusted(
     assert result_shape(queried) == driver.untrusted_query
     closed = await distrustful.close_payment(req.channel_order_id)
     assert result_shape(closed) == driver.untrusted_close
+    refund = await distrustful.refund(channel.refund_of(req, 100))
+    assert result_shape(refund) == driver.untrusted_refund
+    assert is_left_open(refund)
     with pytest.raises(driver.untrusted_statement_error):
         await channel.statement(datetime.now(CHINA).date(), distrustful)
 
@@ -718,8 +757,7 @@ async def test_config_is_validated_without_leaking_secrets(
         *driver.bad_configs,
     ]
     secrets = [secret]
-    if driver.inline_secret is not None:
-        overrides, fragment, member = driver.inline_secret
+    for overrides, fragment, member in driver.inline_secrets:
         refused.append((overrides, fragment))
         secrets.append(str(overrides[member]))
     for overrides, fragment in refused:
