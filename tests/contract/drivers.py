@@ -242,6 +242,7 @@ class Driver(abc.ABC):
     """An unsigned HTTP 502 from a front door, on every request."""
     bad_gateway_create_attempts: ClassVar[int]
     bad_gateway_query: ClassVar[Expect]
+    bad_gateway_refund: ClassVar[Expect]
     unsigned_refusals: ClassVar[tuple[tuple[int, Expect, int], ...]]
     """An unsigned 401, 403 or 429 from a front door on every request: (the status, what a
     create gets, how many requests it sent)."""
@@ -392,7 +393,7 @@ class BankDriver(Driver):
     dropped_create = dropped_query = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
     dropped_create_attempts = 2
     dropped_refund = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
-    bad_gateway_create = bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
+    bad_gateway_create = bad_gateway_query = bad_gateway_refund = (UNKNOWN, RETRY, "HTTP_5XX")
     bad_gateway_create_attempts = 2
     unsigned_refusals = (
         (401, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
@@ -572,7 +573,7 @@ class WechatDriver(Driver):
     dropped_create_attempts = 3  # retried: a create is idempotent by out_trade_no
     dropped_refund = (UNKNOWN, RETRY, "CONNECTION_ERROR")
     # an unsigned 5xx may come after WeChat Pay acted: repeated (idempotent), then UNKNOWN
-    bad_gateway_create = bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
+    bad_gateway_create = bad_gateway_query = bad_gateway_refund = (UNKNOWN, RETRY, "HTTP_5XX")
     bad_gateway_create_attempts = 3
     unsigned_refusals = (
         (401, (SYSTEM_ERROR, FAILOVER, "SIGN_ERROR"), 1),  # WeChat Pay's unsigned 401
@@ -794,9 +795,9 @@ class AlipayDriver(Driver):
     dropped_create = dropped_query = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
     dropped_create_attempts = 2  # retried: a precreate is idempotent by out_trade_no
     dropped_refund = (UNKNOWN, RETRY, "CONNECTION_DROPPED")
-    bad_gateway_create = (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR")
+    # an unsigned 5xx may come after Alipay acted (a front door that passed the request on)
+    bad_gateway_create = bad_gateway_query = bad_gateway_refund = (UNKNOWN, RETRY, "HTTP_ERROR")
     bad_gateway_create_attempts = 2
-    bad_gateway_query = (UNKNOWN, RETRY, "HTTP_ERROR")
     unsigned_refusals = (
         (401, (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR"), 1),
         (403, (SYSTEM_ERROR, FAILOVER, "HTTP_ERROR"), 1),
@@ -957,6 +958,7 @@ class UnionPayDriver(Driver):
     bad_gateway_create = (UNKNOWN, RETRY, "HTTP_5XX")
     bad_gateway_create_attempts = 1  # not repeated, and left for the status sync to query
     bad_gateway_query = (UNKNOWN, RETRY, "HTTP_5XX")
+    bad_gateway_refund = (SYSTEM_ERROR, RETRY, "HTTP_5XX")  # its query of the payment failed
     unsigned_refusals = (
         (401, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
         (403, (SYSTEM_ERROR, FAILOVER, "HTTP_STATUS"), 1),
