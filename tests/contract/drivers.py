@@ -907,8 +907,8 @@ class UnionPayDriver(Driver):
 
     created = (WAITING, FINAL, "00")
     create_gives_trade_no = False  # the real answer has no queryId
-    # UnionPay refuses a repeated orderId (12); the adapter's query finds the order exists
-    repeat_create = conflicting_create = create_after_paid = (UNKNOWN, FINAL, "12")
+    # UnionPay refuses a repeated orderId (12): what that order is, a later query tells
+    repeat_create = conflicting_create = create_after_paid = (UNKNOWN, RETRY, "12")
     repeat_create_same_answer = False
     waiting_query = (WAITING, RETRY, "05")
     waiting_query_has_amount = False
@@ -924,7 +924,7 @@ class UnionPayDriver(Driver):
     closed = (SUCCEEDED, FINAL, "00")
     closed_again = (SUCCEEDED, FINAL, "45")
     closed_query = (FAILED, FINAL, "45")
-    create_after_close = (UNKNOWN, FINAL, "12")
+    create_after_close = (UNKNOWN, RETRY, "12")
     close_paid = (FAILED, FINAL, "ORDER_PAID")
     close_unknown = (SUCCEEDED, FINAL, "34")
     create_after_close_unknown = (WAITING, FINAL, "00")
