@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 import structlog.testing
 
-from adapters.base import NotificationKind, NotificationRejected
-from tests.contract.conftest import Channel
+from adapters.base import Decision, NotificationKind, NotificationRejected, Outcome
+from tests.contract.conftest import Channel, result_shape
 from tests.contract.drivers import CHINA, UNIONPAY, form_fields
 
 pytestmark = [
@@ -81,3 +82,29 @@ async def test_reconciliation_file_reports_a_refunds_own_status(channel: Channel
         x for x in lines if x.channel_order_id == paid.order_id and not x.channel_refund_id
     )
     assert payment.status == "succeeded"
+
+
+async def test_a_refund_whose_own_answer_is_not_trusted_is_unknown(channel: Channel) -> None:
+    """The shared scenarios break every request, so a UnionPay refund never gets past its
+    query of the payment there. Here only the refund's own answer (txnType 04) is altered
+    after UnionPay signed it: the refund was made, so the result is UNKNOWN, never a failure."""
+    paid = await channel.pay(3000)
+
+    def alter_the_refund(path: str, body: bytes) -> bytes:
+        fields = dict(parse_qsl(body.decode("utf-8")))
+        if fields.get("txnType") != "04":
+            return body
+        return body.replace(b"respMsg=", b"respMsg=tampered ", 1)
+
+    proxy = await channel.proxy(alter_the_refund)
+    adapter = channel.build(base_url=proxy.base_url)
+    refund = channel.refund_of(paid.request, 1000)
+    result = await adapter.refund(refund)
+    assert result_shape(result) == (Outcome.UNKNOWN, Decision.RETRY, "INVALID_SIGNATURE")
+    [note] = await channel.receiver.wait_accepted(paid.order_id, NotificationKind.REFUND)
+    assert (note.channel_refund_id, note.result.outcome) == (
+        refund.channel_refund_id,
+        Outcome.SUCCEEDED,
+    )
+    queried = await channel.adapter.query_refund(paid.order_id, refund.channel_refund_id)
+    assert (queried.outcome, queried.amount) == (Outcome.SUCCEEDED, 1000)
