@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from tests.contract.conftest import (
     Channel,
     result_shape,
 )
-from tests.contract.drivers import CHINA, CONFIG_DIR, FAILOVER, RETRY, write
+from tests.contract.drivers import CHINA, CONFIG_DIR, FAILOVER, RETRY, Expect, write
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -65,6 +66,31 @@ def is_left_open(refund: ChannelResult) -> bool:
     """A refund that got no answer to settle it: neither done nor refused, to be asked again
     at the same channel."""
     return refund.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED) and refund.decision is RETRY
+
+
+async def calls_behind(
+    channel: Channel,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    create: Expect,
+    create_attempts: int,
+    query: Expect,
+    refund: Expect,
+) -> None:
+    """A create, a query and a refund where `handler` answers every request in place of the
+    channel, in a way that may come after the channel acted: the create is left to be queried
+    (after `create_attempts` requests), the refund left open."""
+    stub = await channel.stub(handler)
+    adapter = channel.build(base_url=stub.base_url)
+    created = await adapter.create_payment(channel.payment())
+    assert result_shape(created) == create
+    assert is_left_to_query(created)
+    assert stub.hits == create_attempts
+    queried = await adapter.query_payment(channel.new_order_id())
+    assert result_shape(queried) == query
+    refunded = await adapter.refund(channel.refund_of(channel.payment(), 100))
+    assert result_shape(refunded) == refund
+    assert is_left_open(refunded)
 
 
 async def wait_for_view(channel: Channel, order_id: str, within_s: float) -> dict[str, object]:
@@ -562,18 +588,14 @@ async def test_connection_dropped_after_sending_is_unknown(channel: Channel) -> 
         request.transport.close()
         return web.Response()
 
-    stub = await channel.stub(hang_up)
-    adapter = channel.build(base_url=stub.base_url)
-    created = await adapter.create_payment(channel.payment())
-    assert result_shape(created) == driver.dropped_create
-    assert is_left_to_query(created)
-    assert stub.hits == driver.dropped_create_attempts
-    queried = await adapter.query_payment(channel.new_order_id())
-    assert result_shape(queried) == driver.dropped_query
-    paid = channel.payment()
-    refund = await adapter.refund(channel.refund_of(paid, 100))
-    assert result_shape(refund) == driver.dropped_refund
-    assert is_left_open(refund)
+    await calls_behind(
+        channel,
+        hang_up,
+        create=driver.dropped_create,
+        create_attempts=driver.dropped_create_attempts,
+        query=driver.dropped_query,
+        refund=driver.dropped_refund,
+    )
 
 
 async def test_bad_gateway_in_front_of_the_channel(channel: Channel) -> None:
@@ -584,17 +606,14 @@ async def test_bad_gateway_in_front_of_the_channel(channel: Channel) -> None:
     async def bad_gateway(request: web.Request) -> web.StreamResponse:
         return web.Response(status=502, text="Bad Gateway")
 
-    stub = await channel.stub(bad_gateway)
-    adapter = channel.build(base_url=stub.base_url)
-    created = await adapter.create_payment(channel.payment())
-    assert result_shape(created) == driver.bad_gateway_create
-    assert is_left_to_query(created)
-    assert stub.hits == driver.bad_gateway_create_attempts
-    queried = await adapter.query_payment(channel.new_order_id())
-    assert result_shape(queried) == driver.bad_gateway_query
-    refund = await adapter.refund(channel.refund_of(channel.payment(), 100))
-    assert result_shape(refund) == driver.bad_gateway_refund
-    assert is_left_open(refund)
+    await calls_behind(
+        channel,
+        bad_gateway,
+        create=driver.bad_gateway_create,
+        create_attempts=driver.bad_gateway_create_attempts,
+        query=driver.bad_gateway_query,
+        refund=driver.bad_gateway_refund,
+    )
 
 
 async def test_an_unsigned_refusal_in_front_of_the_channel_fails_over(channel: Channel) -> None:
