@@ -30,7 +30,14 @@ from gateway.channel_health import ChannelHealthStore
 from gateway.settings import Settings
 from routing.engine import PaymentFacts, RouteDecision, route
 from routing.health import HEALTHY, BreakerState, ChannelHealth, SuccessStats, effective_state
-from routing.loader import ChannelCheck, LoadedRouting, RoutingError, RoutingHolder, load_routing
+from routing.loader import (
+    ChannelCheck,
+    LoadedRouting,
+    RoutingEnv,
+    RoutingError,
+    RoutingHolder,
+    load_routing,
+)
 from routing.schema import ChannelConfig
 
 HEALTH_CACHE_S = 0.25
@@ -50,12 +57,13 @@ log = structlog.get_logger("channels")
 # ---- the configuration pipeline ---------------------------------------------------------------
 
 
-def routing_env(settings: Settings) -> dict[str, str]:
+def routing_env(settings: Settings) -> RoutingEnv:
     """The variables `${NAME}` in the routing file expand from: the environment, with
-    GATEWAY_PUBLIC_URL defaulting to this gateway's public URL."""
+    GATEWAY_PUBLIC_URL defaulting to this gateway's public URL, less the names the file may
+    not read (the gateway's own settings; GATEWAY_ROUTING_ENV_ALLOW narrows it further)."""
     env = dict(os.environ)
     env.setdefault("GATEWAY_PUBLIC_URL", settings.effective_public_url)
-    return env
+    return RoutingEnv(env, settings.routing_env_allow)
 
 
 def adapter_config(channel: ChannelConfig) -> dict[str, Any]:
