@@ -47,6 +47,18 @@ class Endpoints:
     redis_url: str
 
 
+def master_key_box(settings: Settings) -> SecretBox | None:
+    """The secret box of GATEWAY_MASTER_KEY (opening GATEWAY_MASTER_KEY_PREVIOUS's secrets
+    too), None when no master key is set. Raises ValueError naming a malformed key."""
+    if settings.master_key is None:
+        return None
+    previous = settings.master_key_previous
+    return SecretBox(
+        settings.master_key.get_secret_value(),
+        None if previous is None else previous.get_secret_value(),
+    )
+
+
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
     merchant.add_routes(app)
@@ -89,7 +101,7 @@ def _lifecycle(
             resources.push_async_callback(redis.aclose)
             http = channel_session()
             resources.push_async_callback(http.close)
-            box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
+            box = master_key_box(settings)
             if box is None:
                 log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
             holder = routing_holder(settings)

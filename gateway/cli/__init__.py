@@ -1,7 +1,7 @@
 """The `gateway` command line (API.md §4): `main` and its parser. Each command group is a module
 of this package with a `register(subparsers)` — `serve` (serve, demo, simulators), `migrate`,
-`merchant`, `routes`, `reconcile` (reconcile, settlement) — and what they share is in
-`gateway.cli.context`."""
+`merchant`, `master_key` (master-key rotate), `routes`, `reconcile` (reconcile, settlement) —
+and what they share is in `gateway.cli.context`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from gateway.cli import merchant, migrate, reconcile, routes, serve
+from gateway.cli import master_key, merchant, migrate, reconcile, routes, serve
 
 __all__ = ["build_parser", "main"]
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     migrate.register(sub)
     merchant.register(sub)
+    master_key.register(sub)
     routes.register(sub)
     reconcile.register(sub)
     return parser
