@@ -1,6 +1,11 @@
 """The application factory: settings -> pools (the schema checked, or migrated when
-`migrate_on_start`) -> routing and channels -> services -> routes -> background tasks (the
-dispatcher, the status sync, the routing and risk file polls, SIGHUP)."""
+`migrate_on_start`) -> routing and channels (the production checks on every version of the
+routing file unless `allow_dev_keys`) -> services -> routes -> background tasks (the
+dispatcher, the status sync, the routing and risk file polls, SIGHUP).
+
+The operators' surface — /admin/…, /console/…, /metrics (`add_internal_routes`) — is served by
+the main application, or, when `internal_port` is set, only by an internal application on
+internal_host:internal_port, started and stopped with the main one and sharing its services."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import logs
+from gateway import logs, production
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -59,12 +64,23 @@ def master_key_box(settings: Settings) -> SecretBox | None:
     )
 
 
+def add_internal_routes(app: web.Application) -> None:
+    """The operators' surface: what the internal listener serves (API.md §4)."""
+    admin.add_routes(app)
+    ops.add_metrics_route(app)
+
+
+def _application() -> web.Application:
+    return web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+
+
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app = _application()
     merchant.add_routes(app)
     notify.add_routes(app)
     ops.add_routes(app)
-    admin.add_routes(app)
+    if settings.internal_port is None:
+        add_internal_routes(app)
     if settings.simulators:
         sim_settings = SimulatorSettings(
             config_dir=str(settings.config_dir),
@@ -104,7 +120,8 @@ def _lifecycle(
             box = master_key_box(settings)
             if box is None:
                 log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
-            holder = routing_holder(settings)
+            guard = None if settings.allow_dev_keys else production.channel_guard(settings)
+            holder = routing_holder(settings, guard)
             channels = ChannelRegistry(
                 holder,
                 AdapterContext(http=http, config_dir=str(settings.config_dir)),
@@ -155,6 +172,8 @@ def _lifecycle(
                 sync=sync,
                 dispatcher=dispatcher,
             )
+            if settings.internal_port is not None:
+                await resources.enter_async_context(_internal_listener(settings, app[SERVICES]))
             if settings.background:
                 await resources.enter_async_context(_background(settings, app[SERVICES], risk))
             log.info(
@@ -166,6 +185,28 @@ def _lifecycle(
             yield
 
     return lifecycle
+
+
+@contextlib.asynccontextmanager
+async def _internal_listener(settings: Settings, svc: Services) -> AsyncIterator[None]:
+    """The operators' surface on internal_host:internal_port, for as long as the main app."""
+    internal = _application()
+    add_internal_routes(internal)
+    internal[SERVICES] = svc
+    runner = web.AppRunner(internal, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.internal_host,
+            settings.internal_port,
+            reuse_port=settings.reuse_port or None,
+        )
+        await site.start()
+        log.info("internal_listener_started", address=site.name)
+        yield
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -103,12 +103,17 @@ def channel_check(config_dir: str) -> ChannelCheck:
     return check
 
 
-def routing_holder(settings: Settings) -> RoutingHolder:
-    """The routing rules in force, validated (channels' adapter settings included) at start
-    and on every reload. Raises RoutingError when the file is invalid (refuse to start)."""
-    return RoutingHolder(
-        settings.routing_file, routing_env(settings), channel_check(str(settings.config_dir))
-    )
+def routing_holder(settings: Settings, guard: ChannelCheck | None = None) -> RoutingHolder:
+    """The routing rules in force, validated (channels' adapter settings included, then
+    `guard` on the channels that pass: the production checks) at start and on every reload.
+    Raises RoutingError when the file is invalid (refuse to start)."""
+    adapter_check = channel_check(str(settings.config_dir))
+
+    def check(name: str, channel: ChannelConfig) -> list[str]:
+        problems = list(adapter_check(name, channel))
+        return problems or ([] if guard is None else list(guard(name, channel)))
+
+    return RoutingHolder(settings.routing_file, routing_env(settings), check)
 
 
 def load_routing_file(settings: Settings) -> LoadedRouting:
