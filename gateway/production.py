@@ -217,9 +217,9 @@ def dev_key_problems(channel: ChannelConfig, config_dir: Path) -> list[str]:
 
 
 def _origin(host: str, port: int | None, scheme: str) -> tuple[str, int]:
-    return host.lower().strip("[]"), port if port is not None else (
-        443 if scheme == "https" else 80
-    )
+    """(host, port) of a URL, the port defaulted by its scheme."""
+    default = 443 if scheme == "https" else 80
+    return host.lower().strip("[]"), default if port is None else port
 
 
 def _is_loopback(host: str) -> bool:
