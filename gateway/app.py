@@ -1,7 +1,12 @@
 """The application factory: settings -> pools (the schema checked, or migrated when
-`migrate_on_start`) -> routing and channels (the files loaded, or refused, audited) -> services
+`migrate_on_start`) -> routing and channels (the files loaded, or refused, audited; the
+production checks on every version of the routing file unless `allow_dev_keys`) -> services
 -> routes -> background tasks (the dispatcher, the status sync, the routing and risk file polls
-and their audit entries, the purges, SIGHUP)."""
+and their audit entries, the purges, SIGHUP).
+
+The operators' surface — /admin/…, /console/…, /metrics (`add_internal_routes`) — is served by
+the main application, or, when `internal_port` is set, only by an internal application on
+internal_host:internal_port, started and stopped with the main one and sharing its services."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import logs
+from gateway import logs, production
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -51,12 +56,35 @@ class Endpoints:
     redis_url: str
 
 
+def master_key_box(settings: Settings) -> SecretBox | None:
+    """The secret box of GATEWAY_MASTER_KEY (opening GATEWAY_MASTER_KEY_PREVIOUS's secrets
+    too), None when no master key is set. Raises ValueError naming a malformed key."""
+    if settings.master_key is None:
+        return None
+    previous = settings.master_key_previous
+    return SecretBox(
+        settings.master_key.get_secret_value(),
+        None if previous is None else previous.get_secret_value(),
+    )
+
+
+def add_internal_routes(app: web.Application) -> None:
+    """The operators' surface: what the internal listener serves (API.md §4)."""
+    admin.add_routes(app)
+    ops.add_metrics_route(app)
+
+
+def _application() -> web.Application:
+    return web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+
+
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app = _application()
     merchant.add_routes(app)
     notify.add_routes(app)
     ops.add_routes(app)
-    admin.add_routes(app)
+    if settings.internal_port is None:
+        add_internal_routes(app)
     if settings.simulators:
         sim_settings = SimulatorSettings(
             config_dir=str(settings.config_dir),
@@ -93,11 +121,12 @@ def _lifecycle(
             resources.push_async_callback(redis.aclose)
             http = channel_session()
             resources.push_async_callback(http.close)
-            box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
+            box = master_key_box(settings)
             if box is None:
                 log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
+            guard = None if settings.allow_dev_keys else production.channel_guard(settings)
             async with _audit_refusal(pool, "routing", settings.routing_file):
-                holder = routing_holder(settings)
+                holder = routing_holder(settings, guard)
                 channels = ChannelRegistry(
                     holder,
                     AdapterContext(http=http, config_dir=str(settings.config_dir)),
@@ -153,6 +182,8 @@ def _lifecycle(
                 risk=risk,
                 box=box,
             )
+            if settings.internal_port is not None:
+                await resources.enter_async_context(_internal_listener(settings, app[SERVICES]))
             if settings.background:
                 await resources.enter_async_context(_background(settings, app[SERVICES]))
             log.info(
@@ -177,6 +208,28 @@ async def _audit_refusal(pool: Pool, kind: str, path: Path) -> AsyncIterator[Non
         except Exception:  # the refusal is what the operator needs to see
             log.exception("audit_refusal_failed", kind=kind)
         raise
+
+
+@contextlib.asynccontextmanager
+async def _internal_listener(settings: Settings, svc: Services) -> AsyncIterator[None]:
+    """The operators' surface on internal_host:internal_port, for as long as the main app."""
+    internal = _application()
+    add_internal_routes(internal)
+    internal[SERVICES] = svc
+    runner = web.AppRunner(internal, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.internal_host,
+            settings.internal_port,
+            reuse_port=settings.reuse_port or None,
+        )
+        await site.start()
+        log.info("internal_listener_started", address=site.name)
+        yield
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -111,6 +111,38 @@ class Settings(BaseSettings):
     several processes starting together apply each once). Off: a gateway whose database lacks
     a migration refuses to start, and `gateway migrate` applies them. `gateway serve --migrate`
     and `gateway demo` turn it on."""
+
+    # ---- production safety, the internal listener, master key rotation (API.md §4) ----------
+    allow_dev_keys: bool = False
+    """Let `gateway serve` start (and the routing file load) although it trusts the development
+    keys under config/keys/, points a channel at this gateway's own /sim/, or mounts the
+    simulators on a non-loopback host (`gateway.production`). Development and tests only:
+    `gateway demo` and `make run` set it."""
+    internal_host: str = "127.0.0.1"
+    internal_port: int | None = Field(None, ge=0, le=65535)
+    """When set, /admin/…, /console/… and /metrics are served on internal_host:internal_port
+    only (404 on the main listener); unset, on the main listener."""
+    routing_env_allow: Annotated[frozenset[str] | None, NoDecode] = None
+    """Comma-separated names: the only environment variables `${NAME}` in the routing file may
+    read (with GATEWAY_PUBLIC_URL). Unset: any name outside the gateway's own settings
+    (`routing.loader.RoutingEnv`)."""
+    master_key_previous: SecretStr | None = None
+    """The master key before the last `gateway master-key rotate`: secrets sealed under it
+    (by a process still running with it during the rotation) still open. Unset it once every
+    process runs with the new key and a second rotate has re-sealed those."""
+
+    @field_validator("routing_env_allow", mode="before")
+    @classmethod
+    def _parse_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_internal_port(self) -> Settings:
+        if self.internal_port is not None and self.internal_port == self.port != 0:
+            raise ValueError("GATEWAY_INTERNAL_PORT must differ from GATEWAY_PORT")
+        return self
 
     _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
         _parse_schedule

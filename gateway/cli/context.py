@@ -50,15 +50,17 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
 
 
 def secret_box(settings: Settings) -> SecretBox:
-    """The box that seals merchants' secrets, or exit naming GATEWAY_MASTER_KEY."""
-    from gateway.auth.secretbox import SecretBox
+    """The box that seals merchants' secrets (and opens those sealed under
+    GATEWAY_MASTER_KEY_PREVIOUS too), or exit naming the setting that is wrong."""
+    from gateway.app import master_key_box
 
-    if settings.master_key is None:
-        raise SystemExit("gateway: GATEWAY_MASTER_KEY is not set (32 bytes, URL-safe base64)")
     try:
-        return SecretBox(settings.master_key.get_secret_value())
+        box = master_key_box(settings)
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}") from None
+    if box is None:
+        raise SystemExit("gateway: GATEWAY_MASTER_KEY is not set (32 bytes, URL-safe base64)")
+    return box
 
 
 async def with_pool(settings: Settings, job: Callable[[Pool], Awaitable[T]]) -> T:

@@ -73,6 +73,7 @@ def start(
             "GATEWAY_ROUTING_FILE": str(ROOT / "config" / "routing.yaml"),
             "GATEWAY_CONFIG_DIR": str(ROOT / "config"),
             "GATEWAY_VAR_DIR": str(tmp_path / "var"),
+            "GATEWAY_ALLOW_DEV_KEYS": "true",  # the shipped routing file's development keys
             **env,
         }
         log = tmp_path / f"{name}.log"
