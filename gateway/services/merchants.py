@@ -1,4 +1,6 @@
-"""Merchants and their keys: creation, rotation (two active keys at most), revocation."""
+"""Merchants and their keys: creation, rotation (two active keys at most), revocation; a
+merchant's status (API.md §1.4) and its budget overrides (§1.7). Every process sees a status
+or budget change within 5 s (`gateway.auth.keys`)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from gateway.auth.secretbox import SecretBox
 from gateway.auth.signature import load_public_key
 from gateway.domain.errors import InvalidRequest
 from gateway.domain.ids import new_id
-from gateway.domain.records import KeyType
+from gateway.domain.records import KeyType, RateLimitOverrides
+from gateway.domain.states import MerchantStatus
 from gateway.store import merchants as store
-from gateway.store.db import Pool
+from gateway.store.db import Executor, Pool
 
 MAX_ACTIVE_KEYS = 2
+MAX_RATE_PER_S = 1_000_000
+"""The highest budget override (requests per second): beyond it, a typo rather than a plan."""
 
 
 class MerchantError(InvalidRequest):
@@ -97,3 +102,31 @@ async def revoke_key(pool: Pool, key_id: str) -> None:
     async with pool.acquire() as conn:
         if not await store.revoke_key(conn, key_id):
             raise MerchantError(f"no active key {key_id}")
+
+
+async def set_merchant_status(
+    db: Executor, merchant_id: str, status: MerchantStatus
+) -> MerchantStatus:
+    """Set the merchant's status (any status to any other: the lifecycle's rules are its
+    caller's); returns the status it had. `db` may be a connection in the caller's transaction
+    (with its audit entry). Raises MerchantError when there is no such merchant."""
+    before = await store.set_status(db, merchant_id, status)
+    if before is None:
+        raise MerchantError(f"no merchant {merchant_id}")
+    return before
+
+
+async def set_rate_limits(
+    db: Executor, merchant_id: str, limits: RateLimitOverrides
+) -> RateLimitOverrides:
+    """Replace the merchant's budget overrides (requests per second; None: the gateway's
+    default for that class); returns them as stored. Raises MerchantError for a rate that is
+    not positive or above MAX_RATE_PER_S, or when there is no such merchant."""
+    for name in ("payments_per_s", "refunds_per_s", "other_per_s"):
+        value = getattr(limits, name)
+        if value is not None and not 0 < value <= MAX_RATE_PER_S:
+            raise MerchantError(f"{name} must be above 0 and at most {MAX_RATE_PER_S:,}")
+    stored = await store.set_rate_limits(db, merchant_id, limits)
+    if stored is None:
+        raise MerchantError(f"no merchant {merchant_id}")
+    return stored
