@@ -64,8 +64,8 @@ class BudgetPolicy:
 
 
 def failure_limit(failures: int, window_s: float) -> RateLimit:
-    """The budget of failed authentications of one source address: `failures` in any
-    `window_s`, all of them at once at most."""
+    """The budget of failed authentications of one source address: `failures` at once, then
+    `failures` per `window_s` (one every `window_s / failures`)."""
     return RateLimit(failures / window_s, burst=failures)
 
 
