@@ -17,23 +17,24 @@ is never admitted against a cache that changed:
 - hash missing (a new or flushed Redis), or naming another run or replication history (a
   restart from a snapshot, a promoted replica, a full resync): nothing is admitted until a
   process opens a new generation. It does so under a PostgreSQL lock, so concurrent processes
-  open one: if the generation before it (the hash's, when the hash survived; else the latest
-  in PostgreSQL) had recorded nonces, they may be lost, and requests signed up to the second
-  the change was found are refused; if it had recorded none, nothing can be replayed, and the
-  new generation refuses only what the one before refused.
+  open one: if the generation before it had recorded nonces (as the hash says, when it
+  survived, or the latest generation in PostgreSQL), they may be lost, and requests signed up
+  to the second the change was found are refused; if it had recorded none, nothing can be
+  replayed, and the new generation refuses only what the one before refused.
 - a generation not yet marked `recorded`: before its first nonce is recorded, PostgreSQL is
   told (so that a generation lost later is known to have held nonces), then the hash is.
 
 So a new deployment, or a Redis restarted before any request, refuses nothing (API.md §1.1:
-only a nonce store that held entries may cause 503); a lost cache refuses exactly the requests
-signed before the loss was found. What is left: a request recorded before the loss whose
-timestamp is later than that moment (the merchant's clock ahead of the gateway's, by at most
+only a nonce store that held entries may cause 503); a lost cache refuses the requests signed
+up to the second the loss was found. What is left: a request recorded before the loss whose
+timestamp is later than that second (the merchant's clock ahead of the gateway's, by at most
 the 300 s window) can still be replayed once.
 
 **Eviction** cannot be seen this way: an evicted nonce leaves the hash and the server as they
 were. Every eviction policy but `noeviction` may evict nonces (the `volatile-*` ones evict keys
 with an expiry, which every nonce has), so the gateway refuses to start on such a Redis
 (`UnsafeRedisConfig`); one whose policy cannot be read (CONFIG disabled) is logged as an error.
+The policy is checked when the gateway starts, not again while it runs.
 
 **Budgets** (GCRA, `gateway.auth.budgets`): one key per merchant and class holding the
 theoretical arrival time in microseconds of Redis's clock (so every process agrees), expiring
