@@ -165,9 +165,7 @@ def _lifecycle(
                 poll_s=settings.dispatcher_poll_s,
                 concurrency=settings.dispatcher_concurrency,
             )
-            authenticator = Authenticator(
-                pool, redis, box, settings.redis_prefix, settings.key_cache_ttl_s
-            )
+            authenticator = Authenticator.from_settings(pool, redis, box, settings)
             await authenticator.start()
             app[SERVICES] = Services(
                 settings=settings,

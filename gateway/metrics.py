@@ -81,6 +81,12 @@ ROUTING_VERSION = Gauge(
     multiprocess_mode="liveall",  # one sample per live process (a `pid` label): who serves what
 )
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Refused signatures", ["code"])
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total",
+    "Requests refused over a budget: a merchant's (payments, refunds, other) or a source"
+    " address's failed authentications (auth_failures)",
+    ["budget"],
+)
 SYNC_BACKLOG = Gauge(
     "gateway_sync_backlog",
     "Open attempts due for a status query",

@@ -7,6 +7,7 @@ which puts the metrics of every gateway process on the host into one scrape
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,15 @@ def _parse_schedule(value: object) -> object:
         if any(d <= 0 for d in delays):
             raise ValueError("every delay in a schedule must be positive")
         return delays
+    return value
+
+
+def _parse_networks(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return tuple(ip_network(p.strip()) for p in value.split(",") if p.strip())
+        except ValueError as exc:
+            raise ValueError(f"not a network (e.g. 10.0.0.0/8, 192.0.2.7): {exc}") from None
     return value
 
 
@@ -88,9 +98,29 @@ class Settings(BaseSettings):
     (it is always recorded, logged and counted in gateway_late_payments_total)."""
     dispatcher_poll_s: float = Field(1.0, gt=0)
     dispatcher_concurrency: int = Field(32, ge=1)
-    key_cache_ttl_s: float = Field(5.0, ge=0)
+    key_cache_ttl_s: float = Field(5.0, ge=0, le=60)
     """How long a verified merchant key stays cached in the process: a revoked key may still
-    be accepted for this long."""
+    be accepted for this long (at most a minute). A merchant's status and budgets are read
+    again after at most 5 s whatever this says."""
+    rate_limits_enabled: bool = True
+    """Count each merchant's requests against its budgets (API.md §1.7)."""
+    rate_limit_payments_per_s: float = Field(100.0, gt=0)
+    """Default budget of a merchant's payment creates (`POST /v1/payments`), per second."""
+    rate_limit_refunds_per_s: float = Field(20.0, gt=0)
+    """Default budget of a merchant's refund creates, per second."""
+    rate_limit_other_per_s: float = Field(200.0, gt=0)
+    """Default budget of a merchant's other requests (reads included), per second."""
+    rate_limit_burst_s: float = Field(2.0, ge=1)
+    """How many seconds' worth of its budget a merchant may send at once after a quiet time."""
+    auth_failure_limit: int = Field(30, ge=1)
+    """Failed authentications a source address may make at once; then it gets this many per
+    `auth_failure_window_s`, and its other requests are refused (429) without being
+    verified."""
+    auth_failure_window_s: float = Field(60.0, gt=0)
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """Comma-separated networks of the proxies in front of the gateway (e.g. the load
+    balancer's, `10.0.0.0/8`): for a request from one of them, the source address is read from
+    X-Forwarded-For (its last address outside these networks). Empty: the peer's address."""
     reuse_port: bool = False
     """SO_REUSEPORT: several gateway processes on one host share the port (the kernel spreads
     connections between them)."""
@@ -147,6 +177,7 @@ class Settings(BaseSettings):
     _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
         _parse_schedule
     )
+    _check_proxies = field_validator("trusted_proxies", mode="before")(_parse_networks)
 
     @field_validator("admin_token")
     @classmethod

@@ -127,6 +127,12 @@ def make_settings(port: int, redis_prefix: str, **overrides: Any) -> Settings:
         "db_pool_max": 30,
         "log_json": True,
         "allow_dev_keys": True,  # the shipped routing file trusts the development keys
+        # tests make many requests as one merchant from one address: budgets no test meets
+        # unless it sets its own (tests/integration/test_rate_limits.py)
+        "rate_limit_payments_per_s": 100_000,
+        "rate_limit_refunds_per_s": 100_000,
+        "rate_limit_other_per_s": 100_000,
+        "auth_failure_limit": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -3,7 +3,8 @@ service and render its records as the API's objects (`gateway.domain.models`).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
 import orjson
@@ -14,13 +15,15 @@ from pydantic_core import ErrorDetails
 
 from gateway.api.context import Services, services
 from gateway.api.middleware import REQUEST_ID
-from gateway.api.problems import error_response
+from gateway.api.problems import budget_headers, error_response
 from gateway.auth.authenticator import AuthenticatedMerchant
+from gateway.auth.budgets import RequestClass
 from gateway.domain.errors import (
     FieldError,
     GatewayError,
     InvalidRequest,
     MalformedJson,
+    MerchantNotActive,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
@@ -37,7 +40,7 @@ from gateway.domain.models import (
     WebhookEndpointList,
     WebhookEndpointObject,
 )
-from gateway.domain.states import DeliveryStatus
+from gateway.domain.states import DeliveryStatus, MerchantStatus
 from gateway.services import idempotency
 
 log = structlog.get_logger("api")
@@ -129,55 +132,106 @@ async def _read_body(request: web.Request) -> bytes:
 Handler = Callable[
     [Services, AuthenticatedMerchant, web.Request, JsonBody], Awaitable[web.Response]
 ]
+Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+"""What a merchant that is not active may still do (API.md §1.4: its GETs keep working)."""
 
 
-def merchant_endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Wrap a handler with body limits, signature verification, JSON decoding and, for POSTs
-    with an Idempotency-Key, the idempotency record."""
+def merchant_endpoint(
+    request_class: RequestClass = RequestClass.OTHER,
+) -> Callable[[Handler], Endpoint]:
+    """Wrap a handler with body limits, signature verification and the merchant's budget for
+    `request_class`, the merchant's status (only an active merchant may do more than read), JSON
+    decoding and, for POSTs with an Idempotency-Key, the idempotency record. Every answer to an
+    authenticated request carries its budget's RateLimit-* headers."""
 
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        svc = services(request)
-        body = await _read_body(request)
-        merchant = await svc.authenticator.authenticate(
-            request.method, request.raw_path, body, request.headers.get("Authorization")
-        )
-        structlog.contextvars.bind_contextvars(merchant_id=merchant.merchant_id)
-        if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
-            raise InvalidRequest(NUL_REFUSED)
-        key = request.headers.get("Idempotency-Key")
-        if request.method != "POST" or key is None:
-            data = _decode_json(request, body) if request.method == "POST" else None
-            return await fn(svc, merchant, request, data)
-        idempotency.validate_key(key)
-        keys = svc.idempotency
-        replay = await keys.begin(merchant.merchant_id, key, request.method, request.raw_path, body)
-        if replay is not None:
-            content_type = (
-                "application/problem+json" if replay.status >= 400 else "application/json"
+    def decorate(fn: Handler) -> Endpoint:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            svc = services(request)
+            body = await _read_body(request)
+            merchant = await svc.authenticator.authenticate(
+                request.method,
+                request.raw_path,
+                body,
+                request.headers.get("Authorization"),
+                source=source_address(request, svc.settings.trusted_proxies),
+                request_class=request_class,
             )
-            return web.Response(
-                status=replay.status,
-                body=replay.body,
-                content_type=content_type,
-                headers={"Idempotent-Replayed": "true"},
-            )
-        try:
+            structlog.contextvars.bind_contextvars(merchant_id=merchant.merchant_id)
             try:
-                async with keys.held(merchant.merchant_id, key):
-                    response = await fn(svc, merchant, request, _decode_json(request, body))
+                response = await _authenticated(svc, merchant, request, body, fn)
             except GatewayError as exc:
                 response = error_response(exc, request[REQUEST_ID])
-        except BaseException:
-            await keys.abandon(merchant.merchant_id, key)
-            raise
-        assert isinstance(response.body, bytes)
-        await keys.finish(merchant.merchant_id, key, response.status, response.body)
-        return response
+            if merchant.budget is not None:
+                response.headers.update(budget_headers(merchant.budget))
+            return response
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-@merchant_endpoint
+async def _authenticated(
+    svc: Services, merchant: AuthenticatedMerchant, request: web.Request, body: bytes, fn: Handler
+) -> web.Response:
+    if request.method not in SAFE_METHODS and merchant.status is not MerchantStatus.ACTIVE:
+        raise MerchantNotActive(merchant.status.value)
+    if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+        raise InvalidRequest(NUL_REFUSED)
+    key = request.headers.get("Idempotency-Key")
+    if request.method != "POST" or key is None:
+        data = _decode_json(request, body) if request.method == "POST" else None
+        return await fn(svc, merchant, request, data)
+    idempotency.validate_key(key)
+    keys = svc.idempotency
+    replay = await keys.begin(merchant.merchant_id, key, request.method, request.raw_path, body)
+    if replay is not None:
+        content_type = "application/problem+json" if replay.status >= 400 else "application/json"
+        return web.Response(
+            status=replay.status,
+            body=replay.body,
+            content_type=content_type,
+            headers={"Idempotent-Replayed": "true"},
+        )
+    try:
+        try:
+            async with keys.held(merchant.merchant_id, key):
+                response = await fn(svc, merchant, request, _decode_json(request, body))
+        except GatewayError as exc:
+            response = error_response(exc, request[REQUEST_ID])
+    except BaseException:
+        await keys.abandon(merchant.merchant_id, key)
+        raise
+    assert isinstance(response.body, bytes)
+    await keys.finish(merchant.merchant_id, key, response.status, response.body)
+    return response
+
+
+def source_address(request: web.Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+    """Where a request comes from, for the budget of failed authentications: the peer's
+    address, or, when the peer is a trusted proxy, the last address of X-Forwarded-For that is
+    not a trusted proxy's (those before it are the client's to write). An IPv6 address counts
+    as its /64, which one host usually holds whole."""
+    hops = [request.remote or ""]
+    if trusted:
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()] + hops
+    for hop in reversed(hops):
+        try:
+            address = ip_address(hop)
+        except ValueError:
+            return hop[:64]  # not an address (a unix socket's peer): counted as it is
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not any(address in network for network in trusted):
+            if isinstance(address, IPv6Address):
+                return str(ip_network(f"{address}/64", strict=False))
+            return str(address)
+    return hops[0][:64]
+
+
+@merchant_endpoint(RequestClass.PAYMENTS)
 async def create_payment(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -188,7 +242,7 @@ async def create_payment(
     return object_response(PaymentObject.of(outcome.payment), 201 if outcome.created else 200)
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def get_payment(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -204,7 +258,7 @@ async def get_payment(
     return object_response(PaymentObject.of(payment))
 
 
-@merchant_endpoint
+@merchant_endpoint(RequestClass.REFUNDS)
 async def create_refund(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -213,7 +267,7 @@ async def create_refund(
     return object_response(RefundObject.of(outcome.refund), 201 if outcome.created else 200)
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def get_refund(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -221,7 +275,7 @@ async def get_refund(
     return object_response(RefundObject.of(refund))
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def find_payment(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -235,7 +289,7 @@ async def find_payment(
     return object_response(PaymentObject.of(payment))
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def close_payment(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -257,7 +311,7 @@ def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
     return dict(request.query)
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def create_webhook_endpoint(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -266,7 +320,7 @@ async def create_webhook_endpoint(
     return object_response(WebhookEndpointObject.of(endpoint), 201)
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def list_webhook_endpoints(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -277,7 +331,7 @@ async def list_webhook_endpoints(
     )
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def delete_webhook_endpoint(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -285,7 +339,7 @@ async def delete_webhook_endpoint(
     return object_response(WebhookEndpointObject.of(endpoint))
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def list_webhook_deliveries(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
@@ -315,7 +369,7 @@ async def list_webhook_deliveries(
     )
 
 
-@merchant_endpoint
+@merchant_endpoint()
 async def retry_webhook_delivery(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:

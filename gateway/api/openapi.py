@@ -56,6 +56,13 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
+AUTHENTICATED = (401, 429, 503)
+"""What any signed request may get: a signature refused, a budget spent (API.md §1.7), the
+replay cache away."""
+WRITES = (403,)
+"""What any request but a GET may get besides: its merchant is not active (API.md §1.4)."""
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     ref = f"#/components/schemas/{_component(Problem)}"
     return {
@@ -63,7 +70,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
             "description": "Problem details (RFC 9457)",
             "content": {"application/problem+json": {"schema": {"$ref": ref}}},
         }
-        for s in statuses
+        for s in sorted({*statuses, *AUTHENTICATED})
     }
 
 
@@ -141,7 +148,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "responses": {
                         "201": _json(RefundObject, "The refund"),
                         "200": _json(RefundObject, "The refund an earlier request made"),
-                        **_errors(400, 401, 404, 409, 503),
+                        **_errors(*WRITES, 400, 401, 404, 409, 503),
                     },
                 }
             },
@@ -162,7 +169,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "requestBody": _body(CreateWebhookEndpointRequest),
                     "responses": {
                         "201": _json(WebhookEndpointObject, "The endpoint"),
-                        **_errors(400, 401, 409),
+                        **_errors(*WRITES, 400, 401, 409),
                     },
                 },
                 "get": {
@@ -179,7 +186,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": _json(WebhookEndpointObject, "The deleted endpoint"),
-                        **_errors(401, 404),
+                        **_errors(*WRITES, 401, 404),
                     },
                 }
             },
@@ -205,7 +212,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "requestBody": _body(EmptyRequest, required=False),
                     "responses": {
                         "202": _json(QueuedDeliveryObject, "Queued for one more attempt"),
-                        **_errors(400, 401, 404, 409),
+                        **_errors(*WRITES, 400, 401, 404, 409),
                     },
                 }
             },
@@ -214,7 +221,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "operationId": "closePayment",
                     "parameters": [_ID, _IDEMPOTENCY],
                     "requestBody": _body(EmptyRequest, required=False),
-                    "responses": {"200": payment, **_errors(400, 401, 404, 409, 503)},
+                    "responses": {"200": payment, **_errors(*WRITES, 400, 401, 404, 409, 503)},
                 }
             },
         },

@@ -1,6 +1,7 @@
 """Errors as answers: each kind of `gateway.domain.errors.GatewayError` gets its HTTP status
 from one table, and every error answer is RFC 9457 `application/problem+json`
-(`gateway.domain.models.Problem`), with Retry-After where the error says when to retry."""
+(`gateway.domain.models.Problem`), with Retry-After where the error says when to retry and the
+`RateLimit-*` headers where it says where a budget stands."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from gateway.domain.errors import (
     AuthFailed,
+    Budget,
     ChannelUnavailable,
     Conflict,
     FieldError,
@@ -19,9 +21,11 @@ from gateway.domain.errors import (
     InvalidRequest,
     InvalidState,
     MalformedJson,
+    MerchantNotActive,
     NoRoute,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RiskRejected,
     ServiceUnavailable,
     Unauthenticated,
@@ -36,6 +40,7 @@ STATUS: dict[type[GatewayError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     RiskRejected: 403,
+    MerchantNotActive: 403,
     NotFound: 404,
     InvalidState: 409,
     Conflict: 409,
@@ -43,6 +48,7 @@ STATUS: dict[type[GatewayError], int] = {
     UnsupportedMediaType: 415,
     IdempotencyKeyReused: 422,
     NoRoute: 422,
+    RateLimited: 429,
     GatewayError: 500,
     ChannelUnavailable: 503,
     ServiceUnavailable: 503,
@@ -80,10 +86,21 @@ def problem_response(
     )
 
 
+def budget_headers(budget: Budget) -> dict[str, str]:
+    """Where a request budget stands (API.md §1.7; the IETF RateLimit header fields draft)."""
+    return {
+        "RateLimit-Limit": str(budget.limit),
+        "RateLimit-Remaining": str(budget.remaining),
+        "RateLimit-Reset": str(budget.reset_s),
+    }
+
+
 def error_response(error: GatewayError, request_id: str) -> web.Response:
     headers: dict[str, str] = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, RateLimited) and error.budget is not None:
+        headers.update(budget_headers(error.budget))
     if isinstance(error, Unauthenticated) and error.challenge is not None:
         headers["WWW-Authenticate"] = error.challenge
     return problem_response(

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def serve(settings: Settings) -> None:
     """Run the gateway in this process until it is stopped; exit with a message naming what to
-    change when it cannot start (production safety, schema behind, routing file invalid)."""
+    change when it cannot start (production safety, schema behind, routing file invalid, a
+    Redis that may evict nonces)."""
     from gateway import metrics_multiprocess
 
     metrics_multiprocess.prepare()  # before the app (and so the metrics) is imported
@@ -52,6 +53,7 @@ def serve(settings: Settings) -> None:
 
     from gateway import logs
     from gateway.app import create_app
+    from gateway.auth.admission import UnsafeRedisConfig
     from gateway.risk.loader import RiskError
     from gateway.store.db import MigrationError
     from routing.files import RulesFileError
@@ -76,7 +78,7 @@ def serve(settings: Settings) -> None:
             shutdown_timeout=5,
             reuse_port=settings.reuse_port or None,
         )
-    except MigrationError as exc:
+    except (MigrationError, UnsafeRedisConfig) as exc:
         raise SystemExit(f"gateway: {exc}") from None
     except RulesFileError as exc:
         path = settings.risk_file if isinstance(exc, RiskError) else settings.routing_file

@@ -28,6 +28,8 @@ TITLES: dict[str, str] = {
     "invalid_state": "Invalid state",
     "no_route": "No route",
     "risk_rejected": "Risk rejected",
+    "merchant_not_active": "Merchant not active",
+    "rate_limited": "Rate limited",
     "channel_unavailable": "Channel unavailable",
     "refund_exceeds_amount": "Refund exceeds amount",
     "service_unavailable": "Service unavailable",
@@ -219,6 +221,43 @@ class RiskRejected(GatewayError):
 
     def members(self) -> dict[str, str]:
         return {"rule": self.rule}
+
+
+class MerchantNotActive(GatewayError):
+    """A merchant that is not `active` (under review, rejected, suspended) asked to change
+    something (API.md §1.4); nothing was done."""
+
+    code = "merchant_not_active"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(
+            f"This merchant is {status.replace('_', ' ')}: it may read its payments and "
+            "refunds, but not create or change anything."
+        )
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Where a request budget stands after a request (API.md §1.7): the `RateLimit-*` fields."""
+
+    limit: int
+    """Requests that may be sent at once (the burst)."""
+    remaining: int
+    reset_s: int
+    """Seconds until the whole burst is available again."""
+
+
+class RateLimited(GatewayError):
+    """Over a request budget: a merchant's (with `budget`), or a source address's budget of
+    failed authentications (without); nothing was done."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int, budget: Budget | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.budget = budget
 
 
 class ChannelUnavailable(GatewayError):

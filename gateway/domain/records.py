@@ -17,6 +17,7 @@ from gateway.domain.states import (
     EndpointStatus,
     IdempotencyState,
     KeyStatus,
+    MerchantStatus,
     PaymentStatus,
     RefundStatus,
     RunStatus,
@@ -341,6 +342,39 @@ class MerchantKey:
     key_type: KeyType
     secret_enc: bytes | None
     public_key_pem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitOverrides:
+    """A merchant's own request budgets (API.md §1.7), in requests per second; None: the
+    gateway's default for that class."""
+
+    payments_per_s: float | None = None
+    refunds_per_s: float | None = None
+    other_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantAccess:
+    """What a merchant's requests are admitted with: its status and its budgets."""
+
+    merchant_id: str
+    status: MerchantStatus
+    rate_limits: RateLimitOverrides
+
+
+@dataclass(frozen=True, slots=True)
+class NonceCacheGeneration:
+    """One life of the nonce cache (a Redis server's run and replication history): requests
+    signed before `refuse_before` (unix seconds) cannot be checked in it, because an earlier
+    generation that held nonces was lost (`gateway.auth.admission`)."""
+
+    id: str
+    redis_run_id: str
+    redis_replid: str
+    opened_at: datetime
+    refuse_before: int | None
+    nonces_recorded: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,16 @@ class KeyStatus(enum.StrEnum):
     REVOKED = "revoked"
 
 
+class MerchantStatus(enum.StrEnum):
+    """A merchant's standing (API.md §1.4, §4.1): only an `active` one may change anything; the
+    others' GETs keep working."""
+
+    ACTIVE = "active"
+    PENDING_REVIEW = "pending_review"
+    REJECTED = "rejected"
+    SUSPENDED = "suspended"
+
+
 class IdempotencyState(enum.StrEnum):
     IN_FLIGHT = "in_flight"
     DONE = "done"

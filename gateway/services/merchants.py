@@ -1,6 +1,8 @@
-"""Merchants and their keys: creation, rotation (two active keys at most), revocation. Given
-`audit_as`, each change is written to the audit log in its own transaction (the command line
-and the admin API always give it; tests' set-up may not)."""
+"""Merchants and their keys: creation, rotation (two active keys at most), revocation; a
+merchant's status (API.md §1.4) and its budget overrides (§1.7). Every process sees a status
+or budget change within 5 s (`gateway.auth.keys`). Given `audit_as`, a key change is written
+to the audit log in its own transaction (the command line and the admin API always give it;
+tests' set-up may not)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ from gateway.auth.secretbox import SecretBox
 from gateway.auth.signature import load_public_key
 from gateway.domain.errors import InvalidRequest
 from gateway.domain.ids import new_id
-from gateway.domain.records import KeyType
+from gateway.domain.records import KeyType, RateLimitOverrides
+from gateway.domain.states import MerchantStatus
 from gateway.services import audit
 from gateway.services.audit import Actor
 from gateway.store import merchants as store
-from gateway.store.db import Pool
+from gateway.store.db import Executor, Pool
 
 MAX_ACTIVE_KEYS = 2
+MAX_RATE_PER_S = 1_000_000
+"""The highest budget override (requests per second): beyond it, a typo rather than a plan."""
 
 
 class MerchantError(InvalidRequest):
@@ -141,3 +146,31 @@ async def revoke_key(
                 after={"status": "revoked"},
                 reason=reason,
             )
+
+
+async def set_merchant_status(
+    db: Executor, merchant_id: str, status: MerchantStatus
+) -> MerchantStatus:
+    """Set the merchant's status (any status to any other: the lifecycle's rules are its
+    caller's); returns the status it had. `db` may be a connection in the caller's transaction
+    (with its audit entry). Raises MerchantError when there is no such merchant."""
+    before = await store.set_status(db, merchant_id, status)
+    if before is None:
+        raise MerchantError(f"no merchant {merchant_id}")
+    return before
+
+
+async def set_rate_limits(
+    db: Executor, merchant_id: str, limits: RateLimitOverrides
+) -> RateLimitOverrides:
+    """Replace the merchant's budget overrides (requests per second; None: the gateway's
+    default for that class); returns them as stored. Raises MerchantError for a rate that is
+    not positive or above MAX_RATE_PER_S, or when there is no such merchant."""
+    for name in ("payments_per_s", "refunds_per_s", "other_per_s"):
+        value = getattr(limits, name)
+        if value is not None and not 0 < value <= MAX_RATE_PER_S:
+            raise MerchantError(f"{name} must be above 0 and at most {MAX_RATE_PER_S:,}")
+    stored = await store.set_rate_limits(db, merchant_id, limits)
+    if stored is None:
+        raise MerchantError(f"no merchant {merchant_id}")
+    return stored

@@ -1,12 +1,20 @@
-"""Merchants, their signing keys and their webhook secrets. Statements: `sql/merchants.sql`."""
+"""Merchants (their status and budget overrides), their signing keys and their webhook secrets.
+Statements: `sql/merchants.sql`."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.domain.records import KeyType, Merchant, MerchantKey
+from gateway.domain.records import (
+    KeyType,
+    Merchant,
+    MerchantAccess,
+    MerchantKey,
+    RateLimitOverrides,
+)
+from gateway.domain.states import MerchantStatus
 from gateway.store import rows
-from gateway.store.db import Connection, Pool
+from gateway.store.db import Connection, Executor, Pool
 from gateway.store.queries import query
 
 _INSERT_MERCHANT = query("insert_merchant")
@@ -14,7 +22,10 @@ _LOCK_MERCHANT = query("lock_merchant")
 _INSERT_KEY = query("insert_key")
 _COUNT_ACTIVE_KEYS = query("count_active_keys")
 _REVOKE_KEY = query("revoke_key")
-_ACTIVE_KEY = query("active_key")
+_KEY_ACCESS = query("key_access")
+_MERCHANT_ACCESS = query("merchant_access")
+_SET_STATUS = query("set_merchant_status")
+_SET_RATE_LIMITS = query("set_rate_limits")
 _ROTATE_WEBHOOK_SECRET = query("rotate_webhook_secret")
 
 
@@ -51,9 +62,33 @@ async def revoke_key(conn: Connection, key_id: str) -> bool:
     return status.endswith(" 1")
 
 
-async def active_key(pool: Pool, key_id: str) -> MerchantKey | None:
-    row = await pool.fetchrow(_ACTIVE_KEY, key_id)
-    return None if row is None else rows.merchant_key(row)
+async def key_access(pool: Pool, key_id: str) -> tuple[MerchantKey, MerchantAccess] | None:
+    """An active key and what its merchant's requests are admitted with (None: no such
+    active key)."""
+    row = await pool.fetchrow(_KEY_ACCESS, key_id)
+    return None if row is None else (rows.merchant_key(row), rows.merchant_access(row))
+
+
+async def merchant_access(pool: Pool, merchant_id: str) -> MerchantAccess | None:
+    row = await pool.fetchrow(_MERCHANT_ACCESS, merchant_id)
+    return None if row is None else rows.merchant_access(row)
+
+
+async def set_status(
+    db: Executor, merchant_id: str, status: MerchantStatus
+) -> MerchantStatus | None:
+    """Set the merchant's status; returns the one it had (None: no such merchant)."""
+    before = await db.fetchval(_SET_STATUS, merchant_id, status.value)
+    return None if before is None else MerchantStatus(before)
+
+
+async def set_rate_limits(
+    db: Executor, merchant_id: str, limits: RateLimitOverrides
+) -> RateLimitOverrides | None:
+    """Replace the merchant's budget overrides; returns them as stored (None: no such
+    merchant)."""
+    stored = await db.fetchval(_SET_RATE_LIMITS, merchant_id, rows.rate_limits_json(limits))
+    return None if stored is None else rows.rate_limits(stored)
 
 
 async def rotate_webhook_secret(

@@ -24,15 +24,18 @@ from gateway.domain.records import (
     IdempotencyRecord,
     KeyType,
     Merchant,
+    MerchantAccess,
     MerchantKey,
     MerchantKeyInfo,
     MerchantSummary,
     NextAction,
+    NonceCacheGeneration,
     Operator,
     OperatorSession,
     OperatorToken,
     Payment,
     PaymentGroup,
+    RateLimitOverrides,
     ReconciliationLine,
     ReconciliationRun,
     Refund,
@@ -46,6 +49,7 @@ from gateway.domain.states import (
     EndpointStatus,
     IdempotencyState,
     KeyStatus,
+    MerchantStatus,
     PaymentStatus,
     RefundStatus,
     RunStatus,
@@ -238,6 +242,39 @@ def merchant_key(row: Row) -> MerchantKey:
         key_type=KeyType(row["key_type"]),
         secret_enc=None if secret is None else bytes(secret),
         public_key_pem=row["public_key_pem"],
+    )
+
+
+_RATE_LIMIT_FIELDS = ("payments_per_s", "refunds_per_s", "other_per_s")
+
+
+def rate_limits(value: Mapping[str, float]) -> RateLimitOverrides:
+    """The `merchants.rate_limits` object (its CHECK allows these members only)."""
+    return RateLimitOverrides(**{name: value.get(name) for name in _RATE_LIMIT_FIELDS})
+
+
+def rate_limits_json(limits: RateLimitOverrides) -> dict[str, float]:
+    """What `merchants.rate_limits` stores: the overrides that are set."""
+    values = {name: getattr(limits, name) for name in _RATE_LIMIT_FIELDS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def merchant_access(row: Row) -> MerchantAccess:
+    return MerchantAccess(
+        merchant_id=row["merchant_id"],
+        status=MerchantStatus(row["merchant_status"]),
+        rate_limits=rate_limits(row["rate_limits"]),
+    )
+
+
+def nonce_generation(row: Row) -> NonceCacheGeneration:
+    return NonceCacheGeneration(
+        id=row["id"],
+        redis_run_id=row["redis_run_id"],
+        redis_replid=row["redis_replid"],
+        opened_at=row["opened_at"],
+        refuse_before=row["refuse_before"],
+        nonces_recorded=row["nonces_recorded"],
     )
 
 

@@ -9,9 +9,16 @@ aiohttp JSON endpoint is measured the same way as the reference for what this ma
     .venv/bin/python tests/bench/bench.py --duration 20            # the default scenarios
     .venv/bin/python tests/bench/bench.py --seed-rows 10000000      # latency vs table size
 
+    .venv/bin/python tests/bench/bench.py --duration 20 --only rate-limits  # budgets' cost
+
 Scenarios: closed loop (32 connections), without and with an Idempotency-Key per request,
 constant rates 200/s and 500/s, two gateway processes (SO_REUSEPORT), the bare reference; with
---seed-rows, the closed loop again after seeding the payments table. Everything it starts, it stops; the database is dropped at the end.
+--seed-rows, the closed loop again after seeding the payments table. Then the cost of the
+merchants' request budgets (API.md §1.7) on the create path: the same gateway with budgets off,
+then on with a budget the load never reaches, closed loop and at 200/s, each with the Redis
+round trips of a create (Redis's MONITOR over a sample of creates, sorted by what they are
+for). Every scenario but the "rate limits off" ones runs with budgets on and never reached.
+Everything it starts, it stops; the database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -112,6 +119,9 @@ class Bench:
             "GATEWAY_ALLOW_DEV_KEYS": "true",  # the simulators' development keys
             # pending payments are re-queried after 10 min: the bench measures creates
             "GATEWAY_SYNC_SCHEDULE": "600",
+            # one merchant sends everything: a budget it never reaches (budgets are counted,
+            # their cost is measured, no request is refused)
+            "GATEWAY_RATE_LIMIT_PAYMENTS_PER_S": "1000000",
         }
 
     # ---- processes ----------------------------------------------------------------------
@@ -182,6 +192,49 @@ class Bench:
                 return int(line.split(":", 1)[1])
         raise SystemExit("redis INFO has no total_commands_processed")
 
+    def redis_round_trips(self) -> dict[str, float]:
+        """Redis calls per created payment, from MONITOR over a sample of closed-loop creates:
+        the calls the gateway sends (its keys, under its prefix) by what they are for, and the
+        commands its scripts run on its keys (INFO and TIME name no key: they cannot be told
+        from other clients' and are not counted). Background calls (breaker reads and batches)
+        count too, spread over the sample's payments."""
+        prefix = self.env["GATEWAY_REDIS_PREFIX"]
+        out = self.tmp / "monitor.log"
+        with out.open("wb") as sink:
+            monitor = subprocess.Popen(
+                ["redis-cli", "-h", "127.0.0.1", "monitor"], stdout=sink, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)
+            before = self.payments()
+            self.loadgen(
+                f"http://127.0.0.1:{GW_PORT}",
+                "--concurrency", "32", "--max-requests", "2000", "--duration", "60",
+            )  # fmt: skip
+            created = self.payments() - before
+            monitor.terminate()
+            monitor.wait()
+        calls = {"admission (nonce, budget)": 0, "risk counters": 0, "channel health": 0}
+        other = inside = 0
+        for line in out.read_text(errors="replace").splitlines():
+            if f'"{prefix}' not in line:
+                continue  # not this gateway's (others share the server)
+            if " lua] " in line:
+                inside += 1
+            elif f'"{prefix}nonce-gen"' in line:
+                calls["admission (nonce, budget)"] += 1
+            elif f'"{prefix}risk:' in line:
+                calls["risk counters"] += 1
+            elif f'"{prefix}ch:' in line:
+                calls["channel health"] += 1
+            else:
+                other += 1
+        per = {k: round(v / created, 3) for k, v in calls.items()} if created else {}
+        if created:
+            per["other"] = round(other / created, 3)
+            per["total"] = round((sum(calls.values()) + other) / created, 3)
+            per["keyed commands inside scripts"] = round(inside / created, 3)
+        return per
+
     def commits(self) -> int:
         return int(psql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{DB}'"))
 
@@ -226,8 +279,8 @@ class Bench:
         )
         return result
 
-    def run(self) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
+    def prepare(self) -> None:
+        """The database, its merchant, and the simulators."""
         psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         psql(f"CREATE DATABASE {DB}")
         subprocess.run(
@@ -246,6 +299,11 @@ class Bench:
         )
         self.sims_pid = sims.pid
 
+    def run(self) -> list[dict[str, Any]]:
+        self.prepare()
+        if self.args.only == "rate-limits":
+            return self.rate_limits()
+        results: list[dict[str, Any]] = []
         # one gateway process
         gw = self.start(str(BIN / "gateway"), "serve", log="gateway.log")
         wait_ready(f"http://127.0.0.1:{GW_PORT}/readyz")
@@ -312,6 +370,35 @@ class Bench:
         result["scenario"] = "bare aiohttp JSON endpoint (reference)"
         results.append(result)
         self.stop(ref)
+        return results + self.rate_limits()
+
+    def rate_limits(self) -> list[dict[str, Any]]:
+        """The same create path with the merchants' budgets off, then on (never reached)."""
+        results: list[dict[str, Any]] = []
+        settings = {
+            "rate limits off": {**self.env, "GATEWAY_RATE_LIMITS_ENABLED": "false"},
+            "rate limits on, never reached": self.env,
+        }
+        for label, env in settings.items():
+            gw = self.start(str(BIN / "gateway"), "serve", env=env, log=f"gateway-{label}.log")
+            wait_ready(f"http://127.0.0.1:{GW_PORT}/readyz")
+            self.loadgen(f"http://127.0.0.1:{GW_PORT}", "--duration", "3", "--concurrency", "8")
+            closed = self.scenario(
+                f"closed loop, 1 process, {label}", [gw.pid], "--concurrency", "32"
+            )
+            closed["redis_round_trips_per_payment"] = self.redis_round_trips()
+            results.append(closed)
+            results.append(
+                self.scenario(
+                    f"rate 200/s, 1 process, {label}",
+                    [gw.pid],
+                    "--rate",
+                    "200",
+                    "--concurrency",
+                    "256",
+                )
+            )
+            self.stop(gw)
         return results
 
     def seed(self, rows: int) -> int:
@@ -382,6 +469,21 @@ def report(results: list[dict[str, Any]]) -> str:
         if split:
             cells = " | ".join(f"{split.get(k, 0):.2f}" for k in parts)
             lines.append(f"| {r['scenario']} | {cells} | {sum(split.values()):.2f} |")
+    sampled = [r for r in results if r.get("redis_round_trips_per_payment")]
+    if sampled:
+        kinds = list(sampled[0]["redis_round_trips_per_payment"])
+        lines += [
+            "",
+            "Redis calls per created payment (MONITOR over 2,000 closed-loop creates):",
+            "",
+            "| scenario | " + " | ".join(kinds) + " |",
+            "| --- |" + " ---: |" * len(kinds),
+        ]
+        for r in sampled:
+            trips = r["redis_round_trips_per_payment"]
+            lines.append(
+                f"| {r['scenario']} | " + " | ".join(f"{trips[k]:.2f}" for k in kinds) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -390,6 +492,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--seed-rows", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--only", choices=["rate-limits"], help="run only these scenarios (and their setup)"
+    )
     args = parser.parse_args()
     bench = Bench(args)
     try:

@@ -28,6 +28,7 @@ EXAMPLES: list[tuple[GatewayError, int, str]] = [
     (errors.SignInRefused("wrong email or password"), 401, "unauthenticated"),
     (errors.Forbidden("viewer may not"), 403, "forbidden"),
     (errors.RiskRejected("no", "max_1000"), 403, "risk_rejected"),
+    (errors.MerchantNotActive("suspended"), 403, "merchant_not_active"),
     (errors.NotFound.of("payment"), 404, "not_found"),
     (errors.InvalidState("closed"), 409, "invalid_state"),
     (errors.DuplicateMerchantOrderId("A1", "pay_1"), 409, "duplicate_merchant_order_id"),
@@ -38,6 +39,7 @@ EXAMPLES: list[tuple[GatewayError, int, str]] = [
     (errors.UnsupportedMediaType("xml"), 415, "unsupported_media_type"),
     (errors.IdempotencyKeyReused(), 422, "idempotency_key_reused"),
     (errors.NoRoute("card", 1999, "USD"), 422, "no_route"),
+    (errors.RateLimited("slow down", retry_after_s=2), 429, "rate_limited"),
     (errors.ChannelUnavailable("down", retry_after_s=30), 503, "channel_unavailable"),
     (errors.ServiceUnavailable("db away", retry_after_s=2), 503, "service_unavailable"),
     (MerchantError("no merchant mch_1"), 400, "invalid_request"),
@@ -82,3 +84,23 @@ def test_the_answer_carries_retry_after_members_and_field_errors() -> None:
     ]
     challenge = error_response(errors.Unauthenticated("who?", challenge="Bearer"), "req_4")
     assert challenge.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_budget_refusal_carries_retry_after_and_where_the_budget_stands() -> None:
+    budget = errors.Budget(limit=20, remaining=0, reset_s=3)
+    over = error_response(errors.RateLimited("slow down", retry_after_s=1, budget=budget), "r")
+    assert over.status == 429
+    assert {k: over.headers[k] for k in ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                                         "RateLimit-Reset")} == {
+        "Retry-After": "1", "RateLimit-Limit": "20", "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "3",
+    }  # fmt: skip
+    # an address's failures: Retry-After alone (no merchant budget to show)
+    address = error_response(errors.RateLimited("too many failures", retry_after_s=4), "r")
+    assert address.headers["Retry-After"] == "4" and "RateLimit-Limit" not in address.headers
+
+
+def test_a_merchant_not_active_is_told_its_status() -> None:
+    answer = orjson.loads(error_response(errors.MerchantNotActive("pending_review"), "r").body)  # type: ignore[arg-type]
+    assert (answer["status"], answer["code"]) == (403, "merchant_not_active")
+    assert "pending review" in answer["detail"]

@@ -1,5 +1,6 @@
-"""Migration 0006 lets each status column hold exactly its enum's values: the two are compared
-here, so that a state added to an enum without a migration (or the other way round) fails."""
+"""Migrations 0006 (the columns of 0001-0005) and 0008 (merchants.status) let each status column
+hold exactly its enum's values: the two are compared here, so that a state added to an enum
+without a migration (or the other way round) fails."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gateway.domain.states import (
     EndpointStatus,
     IdempotencyState,
     KeyStatus,
+    MerchantStatus,
     NotificationOutcome,
     PaymentStatus,
     RefundStatus,
@@ -20,7 +22,9 @@ from gateway.domain.states import (
 )
 from gateway.reconcile.matching import Outcome
 
-MIGRATION = Path(__file__).resolve().parents[3] / "gateway/store/migrations/0006_status_checks.sql"
+MIGRATIONS = Path(__file__).resolve().parents[3] / "gateway/store/migrations"
+STATUS_MIGRATIONS = ("0006_status_checks.sql", "0008_merchant_status_limits.sql")
+"""The migrations that declare status CHECKs (each one `ALTER TABLE … ADD CONSTRAINT …`)."""
 
 STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("payments", "status"): PaymentStatus,
@@ -33,6 +37,7 @@ STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("channel_notifications", "outcome"): NotificationOutcome,
     ("reconciliation_runs", "status"): RunStatus,
     ("reconciliation_lines", "outcome"): Outcome,
+    ("merchants", "status"): MerchantStatus,
 }
 """Every status column of the schema and its enum (the integration test
 tests/integration/test_schema.py checks the live schema against this)."""
@@ -55,15 +60,22 @@ def declared_checks(sql: str) -> dict[tuple[str, str], set[str]]:
     return found
 
 
-def test_the_migration_allows_exactly_each_enums_values() -> None:
-    sql = MIGRATION.read_text()
+def status_sql() -> str:
+    return "\n".join((MIGRATIONS / name).read_text() for name in STATUS_MIGRATIONS)
+
+
+def test_the_migrations_allow_exactly_each_enums_values() -> None:
+    sql = status_sql()
     declared = declared_checks(sql)
-    assert sql.count("ADD CONSTRAINT") == len(declared)  # nothing the pattern did not read
+    # nothing the pattern did not read (0008's other constraint is not a status column's)
+    assert sql.count("ADD CONSTRAINT") - sql.count("ADD CONSTRAINT merchants_rate_limits") == len(
+        declared
+    )
     assert set(declared) == set(STATUS_COLUMNS)
     for column, states in STATUS_COLUMNS.items():
         assert declared[column] == {s.value for s in states}, column
 
 
 def test_a_drift_is_caught() -> None:
-    sql = MIGRATION.read_text().replace("'failed_over', ", "")
+    sql = status_sql().replace("'failed_over', ", "")
     assert declared_checks(sql)[("payment_attempts", "status")] != {s.value for s in AttemptStatus}
