@@ -110,6 +110,7 @@ def attempt(row: Row) -> Attempt:
         updated_at=row["updated_at"],
         next_sync_at=row["next_sync_at"],
         sync_count=row["sync_count"],
+        watch_until=row["watch_until"],
     )
 
 
@@ -124,6 +125,7 @@ def due_attempt(row: Row) -> DueAttempt:
         merchant_id=row["merchant_id"],
         payment_status=PaymentStatus(row["payment_status"]),
         expires_at=row["expires_at"],
+        watch_until=row["watch_until"],
     )
 
 
@@ -148,6 +150,7 @@ def refund(row: Row) -> Refund:
         completed_at=row["completed_at"],
         next_sync_at=row["next_sync_at"],
         sync_count=row["sync_count"],
+        counts_on_payment=row["counts_on_payment"],
     )
 
 

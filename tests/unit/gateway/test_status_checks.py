@@ -1,5 +1,7 @@
-"""Migration 0006 lets each status column hold exactly its enum's values: the two are compared
-here, so that a state added to an enum without a migration (or the other way round) fails."""
+"""Migration 0006 lets each status column hold exactly its enum's values, and later migrations
+replace a column's constraint when its enum changes (or add one for a new column): the last
+declaration of each column, over the migrations in order, is compared with its enum here, so
+that a state added to an enum without a migration (or the other way round) fails."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from gateway.domain.states import (
 )
 from gateway.reconcile.matching import Outcome
 
-MIGRATION = Path(__file__).resolve().parents[3] / "gateway/store/migrations/0006_status_checks.sql"
+MIGRATIONS = Path(__file__).resolve().parents[3] / "gateway/store/migrations"
+MIGRATION = MIGRATIONS / "0006_status_checks.sql"
 
 STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("payments", "status"): PaymentStatus,
@@ -30,7 +33,7 @@ STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("webhook_endpoints", "status"): EndpointStatus,
     ("merchant_keys", "status"): KeyStatus,
     ("idempotency_keys", "state"): IdempotencyState,
-    ("channel_notifications", "outcome"): NotificationOutcome,
+    ("channel_notification_counts", "outcome"): NotificationOutcome,
     ("reconciliation_runs", "status"): RunStatus,
     ("reconciliation_lines", "outcome"): Outcome,
 }
@@ -55,15 +58,43 @@ def declared_checks(sql: str) -> dict[tuple[str, str], set[str]]:
     return found
 
 
-def test_the_migration_allows_exactly_each_enums_values() -> None:
-    sql = MIGRATION.read_text()
-    declared = declared_checks(sql)
-    assert sql.count("ADD CONSTRAINT") == len(declared)  # nothing the pattern did not read
+def schema_checks(texts: list[str]) -> dict[tuple[str, str], set[str]]:
+    """The status checks in force after migrations `texts` (in order): a later declaration of a
+    column replaces the earlier one; a dropped table takes its checks with it."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for sql in texts:
+        # nothing the pattern did not read (an inline CHECK of a CREATE TABLE is not read: the
+        # live schema's test, tests/integration/test_schema.py, finds that one)
+        added = re.findall(r"ADD CONSTRAINT \w+\s+CHECK \(\w+ IN \(", sql)
+        assert len(added) == len(declared_checks(sql))
+        found |= declared_checks(sql)
+        for table in re.findall(r"DROP TABLE (\w+)", sql):
+            found = {key: values for key, values in found.items() if key[0] != table}
+    return found
+
+
+def shipped() -> list[str]:
+    return [path.read_text() for path in sorted(MIGRATIONS.glob("*.sql"))]
+
+
+def test_the_migrations_allow_exactly_each_enums_values() -> None:
+    declared = schema_checks(shipped())
     assert set(declared) == set(STATUS_COLUMNS)
     for column, states in STATUS_COLUMNS.items():
         assert declared[column] == {s.value for s in states}, column
 
 
 def test_a_drift_is_caught() -> None:
-    sql = MIGRATION.read_text().replace("'failed_over', ", "")
-    assert declared_checks(sql)[("payment_attempts", "status")] != {s.value for s in AttemptStatus}
+    texts = [sql.replace("'failed_over', ", "") for sql in shipped()]
+    assert schema_checks(texts)[("payment_attempts", "status")] != {s.value for s in AttemptStatus}
+
+
+def test_a_later_migration_replaces_an_earlier_check() -> None:
+    later = """ALTER TABLE payments
+    DROP CONSTRAINT payments_status_check,
+    ADD CONSTRAINT payments_status_check
+        CHECK (status IN ('pending', 'succeeded'));"""
+    assert schema_checks([MIGRATION.read_text(), later])[("payments", "status")] == {
+        "pending",
+        "succeeded",
+    }
