@@ -53,8 +53,20 @@ LATE_PAYMENTS = Counter(
 )
 AMOUNT_MISMATCHES = Counter(
     "gateway_channel_amount_mismatches_total",
-    "Notifications whose amount differs from the payment's",
-    ["channel"],
+    "Successes a channel reported (answers, queries, notifications) refused because their amount"
+    " or currency differs from the payment's or refund's, or is missing",
+    ["channel", "kind", "reason"],  # kind: payment | refund; reason: amount | currency | missing
+)
+NEEDS_OPERATOR = Counter(
+    "gateway_channel_needs_operator_total",
+    "Payments and refunds a channel reports neither succeeded nor failed though money may have"
+    " moved, recorded for an operator (once each)",
+    ["channel", "kind"],
+)
+ATTEMPT_CLOSES = Counter(
+    "gateway_given_up_attempt_closes_total",
+    "Orders of given-up attempts the status sync tried to close at their channel",
+    ["channel", "result"],  # closed | paid | unconfirmed (retried with backoff)
 )
 CALLBACK_ATTEMPTS = Counter(
     "gateway_callback_attempts_total", "Callback delivery attempts", ["outcome"]

@@ -618,6 +618,7 @@ def _map_success(call: ApiCall, node: Mapping[str, Any]) -> ChannelResult:
             "channel_code": status,
             "channel_trade_no": trade_no,
             "amount": amount,
+            "currency": "CNY",
             "raw": raw,
         }
         if status in (TRADE_SUCCESS, TRADE_FINISHED):
@@ -647,6 +648,7 @@ def _map_success(call: ApiCall, node: Mapping[str, Any]) -> ChannelResult:
                 channel_code=CODE_SUCCESS,
                 channel_trade_no=trade_no,
                 amount=amount_of(node, "send_back_fee"),
+                currency="CNY",
                 raw=raw,
             )
         # N: no money moved by *this* request (e.g. a repeat): confirm with a refund query
@@ -667,6 +669,7 @@ def _map_success(call: ApiCall, node: Mapping[str, Any]) -> ChannelResult:
                 channel_code=refund_status or CODE_SUCCESS,
                 channel_trade_no=trade_no,
                 amount=refund_amount,
+                currency="CNY",
                 paid_at=_time_of(node, "gmt_refund_pay"),
                 raw=raw,
             )
@@ -749,6 +752,7 @@ def notification_from_fields(fields: Mapping[str, str]) -> Notification:
                 channel_code=status,
                 channel_trade_no=trade_no,
                 amount=amount,
+                currency="CNY",
                 paid_at=_time_of(fields, "gmt_payment"),
                 raw=raw,
             )

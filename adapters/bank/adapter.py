@@ -13,6 +13,11 @@ calls on an existing order; a create answered so fails over at once (SYSTEM_ERRO
 An answer without the bank's signature headers is judged by its HTTP status
 (`adapters.kernel.transport.status_failure`); one whose signature does not verify is not trusted.
 
+A notification is accepted only with the bank's valid signature, addressed to our merchant id,
+and with a timestamp within 5 minutes of our clock (`protocol.NOTIFICATION_WINDOW_S`): a recorded
+one cannot be replayed later. Its ``notify_id`` is the `Notification.notification_id` the
+gateway applies once.
+
 Configuration (the channel's ``config:`` in the routing file), see `BankConfig`.
 """
 
@@ -23,7 +28,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import IO, Any
@@ -111,9 +116,17 @@ class BankAdapter(ChannelAdapter):
     adapter = "bank"
 
     def __init__(
-        self, name: str, config: BankConfig, ctx: AdapterContext, keys: SigningKeys
+        self,
+        name: str,
+        config: BankConfig,
+        ctx: AdapterContext,
+        keys: SigningKeys,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name)
+        self.clock = clock
+        """Unix seconds now: what a notification's timestamp is checked against."""
         self._config = config
         self._http = ctx.http
         self._merchant_key = keys.own
@@ -208,7 +221,7 @@ class BankAdapter(ChannelAdapter):
 
     # ---- the HTTP exchange ----------------------------------------------------------------
     def _signed_headers(self, method: str, path_qs: str, body: bytes) -> tuple[dict[str, str], str]:
-        timestamp = str(int(time.time()))
+        timestamp = str(int(self.clock()))
         nonce = secrets.token_urlsafe(24)
         message = p.request_message(method, path_qs, timestamp, nonce, body)
         headers = {
@@ -318,6 +331,8 @@ class BankAdapter(ChannelAdapter):
         signature = header(request.headers, p.HEADER_SIGNATURE)
         if not timestamp or not nonce or not signature:
             raise reject("missing signature headers")
+        if not p.notification_fresh(timestamp, self.clock()):
+            raise reject("timestamp outside the notification window")
         message = p.notification_message(self.merchant_id, timestamp, nonce, request.body)
         if not p.verify(self._bank_key, message, signature):
             raise reject("invalid signature")

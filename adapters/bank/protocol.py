@@ -37,7 +37,8 @@ a canonical string of five lines, each ending in ``\\n``::
   answer cannot be replayed to another request; same headers minus ``X-Bank-Merchant``;
 - notifications (signed with the bank's key): ``LINE1`` is ``NOTIFY``, ``LINE2`` the merchant id
   the notification is addressed to (the notify URL's path is not signed, so that proxies in
-  front of the merchant may rewrite it); a fresh timestamp and nonce on every delivery.
+  front of the merchant may rewrite it); a fresh timestamp and nonce on every delivery, the
+  timestamp within 300 s of the merchant's clock.
 
 BODY is the exact body bytes (empty for GET). Statements are signed the same way over the whole
 CSV file, which the verifier hashes as it streams (see `StreamingVerifier`).
@@ -66,10 +67,12 @@ After the card holder pays, is declined or cancels, the bank POSTs a signed JSON
 (``notify_type`` ``PAYMENT``) to the order's ``notify_url``; after a refund, a ``REFUND``
 notification to the same URL. The merchant acknowledges with HTTP 200 and ``{"code":
 "SUCCESS"}``; anything else and the bank sends it again after 15 s, 1 min, 5 min, 30 min, 1 h
-and 6 h (`NOTIFY_RETRY_SCHEDULE_S`). Each delivery is signed afresh; the merchant checks the
-signature and that ``merchant_id`` is its own, but not the timestamp's age: a replayed
-notification only repeats a final fact (orders never leave SUCCESS / FAILED / CLOSED), and
-applying one is idempotent, so a merchant whose queue ran late still accepts it.
+and 6 h (`NOTIFY_RETRY_SCHEDULE_S`). Each delivery is signed afresh, with a fresh timestamp: the
+merchant checks the signature, that ``merchant_id`` is its own and that the timestamp is within
+``NOTIFICATION_WINDOW_S`` (5 minutes) of its clock, so that a recorded notification cannot be
+replayed later; a late one is refused, and the bank's next delivery carries a fresh timestamp.
+``notify_id`` is the notification's own id, the same on every delivery of it: the merchant
+applies each once.
 
 Statement
 ---------
@@ -131,6 +134,9 @@ HEADER_NONCE = "X-Bank-Nonce"
 HEADER_SIGNATURE = "X-Bank-Signature"
 
 TIMESTAMP_WINDOW_S = 300
+"""How far a request's timestamp may be from the bank's clock."""
+NOTIFICATION_WINDOW_S = 300
+"""How far a notification's timestamp may be from the merchant's clock."""
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ORDER_NO_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -301,6 +307,13 @@ def response_message(
 
 def notification_message(merchant_id: str, timestamp: str, nonce: str, body: bytes) -> bytes:
     return canonical(NOTIFY_LINE, merchant_id, timestamp, nonce, body)
+
+
+def notification_fresh(timestamp: str, now: float) -> bool:
+    """Whether a notification's ``X-Bank-Timestamp`` (unix seconds) is within the window."""
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs(now - int(timestamp)) <= NOTIFICATION_WINDOW_S
 
 
 sign = rsa_sign
@@ -515,6 +528,7 @@ def order_result(order: Order, raw: Mapping[str, Any]) -> ChannelResult:
             channel_message=order.resp_msg or resp_message(order.resp_code),
             channel_trade_no=order.txn_id,
             amount=order.amount,
+            currency=order.currency,
             paid_at=_paid_at(order.paid_time),
             raw=raw,
         )
@@ -531,6 +545,7 @@ def order_result(order: Order, raw: Mapping[str, Any]) -> ChannelResult:
                 else None
             ),
             amount=order.amount,
+            currency=order.currency,
             raw=raw,
         )
     if status is OrderStatus.FAILED:
@@ -541,6 +556,7 @@ def order_result(order: Order, raw: Mapping[str, Any]) -> ChannelResult:
             channel_message=order.resp_msg or resp_message(order.resp_code),
             channel_trade_no=order.txn_id,
             amount=order.amount,
+            currency=order.currency,
             raw=raw,
         )
     # CLOSED: by the merchant or on expiry
@@ -551,6 +567,7 @@ def order_result(order: Order, raw: Mapping[str, Any]) -> ChannelResult:
         channel_message="Order closed",
         channel_trade_no=order.txn_id,
         amount=order.amount,
+        currency=order.currency,
         raw=raw,
     )
 
@@ -568,6 +585,7 @@ def refund_result(refund: Refund, raw: Mapping[str, Any]) -> ChannelResult:
         channel_message=refund.resp_msg or resp_message(refund.resp_code),
         channel_trade_no=refund.refund_txn_id,
         amount=refund.amount,
+        currency=refund.currency,
         paid_at=_paid_at(refund.refunded_time),
         raw=raw,
     )
@@ -678,6 +696,7 @@ def notification_to_result(
             kind=NotificationKind.PAYMENT,
             channel_order_id=body.order_no,
             result=order_result(order, raw),
+            notification_id=body.notify_id,
         )
     refund = Refund(
         refund_no=body.refund_no,
@@ -696,6 +715,7 @@ def notification_to_result(
         channel_order_id=body.order_no,
         channel_refund_id=body.refund_no,
         result=refund_result(refund, raw),
+        notification_id=body.notify_id,
     )
 
 

@@ -635,6 +635,7 @@ def query_result(fields: Mapping[str, str]) -> ChannelResult:
                 _message(fields, "origRespMsg"),
                 channel_trade_no=trade_no,
                 amount=_amount(fields),
+                currency="CNY" if fields.get("currencyCode") == CURRENCY_CNY else None,
                 paid_at=_paid_at(fields),
                 raw=raw,
             )
@@ -698,6 +699,7 @@ def notification_result(fields: Mapping[str, str]) -> ChannelResult:
             _message(fields),
             channel_trade_no=fields.get("queryId") or None,
             amount=_amount(fields),
+            currency="CNY" if fields.get("currencyCode") == CURRENCY_CNY else None,
             paid_at=_paid_at(fields),
             raw=raw,
         )

@@ -352,6 +352,7 @@ def map_transaction(data: Mapping[str, Any]) -> ChannelResult:
             channel_message=desc,
             channel_trade_no=trade_no,
             amount=total,
+            currency=_str(amount.get("currency")) if isinstance(amount, Mapping) else None,
             paid_at=_time(data.get("success_time")),
             raw=data,
         )
@@ -387,6 +388,7 @@ def map_refund(data: Mapping[str, Any]) -> ChannelResult:
             str(status),
             channel_trade_no=refund_id,
             amount=refund,
+            currency=_str(amount.get("currency")) if isinstance(amount, Mapping) else None,
             paid_at=_time(data.get("success_time")),
             raw=data,
         )

@@ -18,6 +18,7 @@ from gateway.domain.states import (
     IdempotencyState,
     KeyStatus,
     MerchantStatus,
+    NotificationOutcome,
     PaymentStatus,
     RefundStatus,
     RunStatus,
@@ -141,6 +142,8 @@ class Attempt:
     updated_at: datetime
     next_sync_at: datetime | None
     sync_count: int
+    watch_until: datetime | None = None
+    """A closed order the channel could not close stays payable until then: it is watched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,8 @@ class DueAttempt:
     merchant_id: str
     payment_status: PaymentStatus
     expires_at: datetime
+    watch_until: datetime | None
+    """Set on a closed (or failed) attempt whose order stays payable at the channel."""
 
 
 # ---- refunds --------------------------------------------------------------------------------
@@ -184,6 +189,9 @@ class NewRefund:
     channel_order_id: str
     channel_refund_id: str
     next_sync_at: datetime
+    counts_on_payment: bool = True
+    """False for the refund of a late payment that is none of the merchant's refunds
+    (`gateway.domain.verdicts.late_refund_counts_on_payment`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +216,9 @@ class Refund:
     completed_at: datetime | None
     next_sync_at: datetime | None
     sync_count: int
+    counts_on_payment: bool = True
+    """Reserved on and refunded from its payment, with refund.* callbacks (every merchant
+    refund); false for the refund of a late payment that is none of the merchant's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +227,23 @@ class DueRefund:
 
     refund: Refund
     payment_amount: int
+
+
+# ---- channel notifications ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationCount:
+    """The notifications of one channel that were not applied for one reason in one minute."""
+
+    channel: str
+    outcome: NotificationOutcome
+    minute: datetime
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    sample_channel_order_id: str | None
+    """One order id they named (none for those that did not verify)."""
 
 
 # ---- events and callbacks -------------------------------------------------------------------

@@ -3,8 +3,8 @@ callback deliveries: the allowed transitions in one place. Services check paymen
 refund changes here under the payment's row lock, so a duplicate or late notification can never
 move a payment backwards or pay it twice; a delivery's moves are made by the dispatcher's
 statements (`gateway.store.webhooks`), whose results are checked here. Migration
-0006_status_checks.sql lets each status column hold exactly its enum's values (a unit test keeps
-the two equal)."""
+0006_status_checks.sql (and the later migrations that change one) lets each status column hold
+exactly its enum's values (a unit test keeps the two equal)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ class AttemptStatus(enum.StrEnum):
     """The channel holds an order and waits for the payer."""
     UNKNOWN = "unknown"
     """The create call timed out: the channel may or may not hold an order."""
+    CLOSING = "closing"
+    """Given up (failed over) after an answer that may have created an order at the channel:
+    the status sync closes that order there, with backoff, until the channel confirms. No
+    payment succeeds through it: a success reported for it is a late payment."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     """Definitive failure at this channel (declined, cancelled)."""
@@ -90,6 +94,21 @@ class NotificationOutcome(enum.StrEnum):
     REJECTED = "rejected"
     """Its signature or format did not verify."""
     UNKNOWN_ORDER = "unknown_order"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    """A verified success whose amount or currency is missing or differs from ours."""
+
+
+class ResultVerdict(enum.StrEnum):
+    """What became of a channel's result (an answer, a query, a notification) offered to a
+    payment or a refund."""
+
+    APPLIED = "applied"
+    """Applied under the state machines (which may have found nothing left to change)."""
+    REPEATED = "repeated"
+    """A notification whose id was applied before: acknowledged, not applied again."""
+    REFUSED = "refused"
+    """A success whose amount or currency is missing or differs from ours: not applied,
+    recorded and alerted."""
 
 
 class RunStatus(enum.StrEnum):
@@ -118,6 +137,7 @@ ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
             AttemptStatus.SUCCEEDED,
             AttemptStatus.FAILED,
             AttemptStatus.FAILED_OVER,
+            AttemptStatus.CLOSING,
             AttemptStatus.CLOSED,
         }
     ),
@@ -127,6 +147,8 @@ ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
     AttemptStatus.UNKNOWN: frozenset(
         {AttemptStatus.WAITING, AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.CLOSED}
     ),
+    # the channel confirmed the close, or said it was paid (a late payment, recorded)
+    AttemptStatus.CLOSING: frozenset({AttemptStatus.CLOSED}),
     AttemptStatus.SUCCEEDED: frozenset(),
     AttemptStatus.FAILED: frozenset(),
     AttemptStatus.FAILED_OVER: frozenset(),

@@ -1,14 +1,22 @@
 """Payments: create (route, attempt, fail over), query, close, and applying what channels say.
 
 Every change of a payment's status happens in one transaction under the payment's row lock,
-checked against the state machine, together with the event and callback rows it causes."""
+checked against the state machine, together with the event and callback rows it causes. A
+success is applied only with the payment's amount and currency; a success for an attempt the
+gateway gave up (or whose payment it gave up) is a late payment; a channel notification's id is
+applied once. Orders are closed at their channel one way (`close_at_channel`): the merchant's
+close, the expiry, a create whose answer never came and an attempt failed over while its order
+may exist all use it; a channel that cannot close an order says until when it stays payable,
+and the attempt is watched until then."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import enum
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -33,6 +41,7 @@ from gateway.domain.errors import (
 from gateway.domain.ids import new_id
 from gateway.domain.models import CreatePaymentRequest, PaymentObject, event_body
 from gateway.domain.records import (
+    Attempt,
     AttemptOutcome,
     Event,
     NewAttempt,
@@ -44,13 +53,15 @@ from gateway.domain.states import (
     EVENT_FOR_PAYMENT_STATUS,
     AttemptStatus,
     PaymentStatus,
+    ResultVerdict,
     attempt_can,
     attempt_is_open,
     payment_can,
 )
+from gateway.domain.verdicts import SuccessMeaning, money_mismatch, refuses, success_meaning
 from gateway.risk.engine import RiskEngine
 from gateway.services.channels import ChannelRegistry
-from gateway.services.refunds import record_late_payment
+from gateway.services.refunds import record_late_payment, record_needs_operator, refuse_success
 from gateway.store import payments as store
 from gateway.store.db import Connection, Pool
 from routing.engine import Candidate, RouteDecision
@@ -66,6 +77,47 @@ class CreateOutcome:
     payment: Payment
     created: bool
     """False when the merchant_order_id was used before: `payment` is the one it made."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentApplied:
+    """A payment after a channel's result was offered to it, and what became of the result."""
+
+    payment: Payment
+    verdict: ResultVerdict
+
+
+class CloseVerdict(enum.StrEnum):
+    CLOSED = "closed"
+    """Nothing is payable at the channel any more (or until `watch_until` only)."""
+    PAID = "paid"
+    """The channel refused the close: the order was paid."""
+    UNCONFIRMED = "unconfirmed"
+    """The channel did not confirm either: ask again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAtChannel:
+    verdict: CloseVerdict
+    watch_until: datetime | None = None
+    """With CLOSED: the channel could not close the order; it stays payable until then."""
+    paid: ChannelResult | None = None
+    """With PAID: the query that says so (to apply)."""
+
+
+def close_verdict(close: ChannelResult, query: ChannelResult | None) -> CloseVerdict:
+    """What a close at the channel, and the query made when the close did not succeed,
+    establish. Only the channel's word closes: a close that succeeded, or one it refused (the
+    order is paid, closed or failed there) followed by a query that finds it paid or not
+    payable. A close whose answer was lost proves nothing, even if the query finds no order: a
+    create still in flight could open it after."""
+    if close.outcome is Outcome.SUCCEEDED:
+        return CloseVerdict.CLOSED
+    if query is not None and query.outcome is Outcome.SUCCEEDED:
+        return CloseVerdict.PAID
+    if close.outcome is Outcome.FAILED and query is not None and query.outcome is Outcome.FAILED:
+        return CloseVerdict.CLOSED
+    return CloseVerdict.UNCONFIRMED
 
 
 def new_attempt(
@@ -120,6 +172,40 @@ class PaymentService:
 
     def notify_url(self, channel: str) -> str:
         return f"{self.public_url}/notify/{channel}"
+
+    # ---- channel calls outside a create -----------------------------------------------------
+    async def query_at_channel(
+        self, adapter: ChannelAdapter, channel: str, channel_order_id: str
+    ) -> ChannelResult:
+        return await self._counted(channel, "query", adapter.query_payment(channel_order_id))
+
+    async def close_at_channel(
+        self, adapter: ChannelAdapter, channel: str, channel_order_id: str
+    ) -> ClosedAtChannel:
+        """Close an order at its channel, and ask it what became of the order when it would not
+        (`close_verdict`). The one way every order the gateway gives up is closed."""
+        close = await self._counted(channel, "close", adapter.close_payment(channel_order_id))
+        query = None
+        if close.outcome is not Outcome.SUCCEEDED:
+            query = await self.query_at_channel(adapter, channel, channel_order_id)
+        verdict = close_verdict(close, query)
+        return ClosedAtChannel(
+            verdict,
+            watch_until=close.watch_until if verdict is CloseVerdict.CLOSED else None,
+            paid=query if verdict is CloseVerdict.PAID else None,
+        )
+
+    @staticmethod
+    async def _counted(
+        channel: str, operation: str, call: Coroutine[Any, Any, ChannelResult]
+    ) -> ChannelResult:
+        started = asyncio.get_running_loop().time()
+        result = await call
+        timing.add_channel_time(asyncio.get_running_loop().time() - started)
+        metrics.CHANNEL_CALLS.labels(
+            channel=channel, operation=operation, outcome=result.outcome.value
+        ).inc()
+        return result
 
     # ---- create ---------------------------------------------------------------------------
     async def create(self, merchant_id: str, req: CreatePaymentRequest) -> CreateOutcome:
@@ -320,10 +406,14 @@ class PaymentService:
             # a notification settled it first: answer with what is stored now
             return await store.get_payment(self.pool, payment.merchant_id, payment.id)
         if result.outcome is Outcome.SUCCEEDED:
-            return await self.apply_channel_result(
+            applied = await self.apply_channel_result(
                 attempt.channel, attempt.channel_order_id, result
             )
-        if result.outcome is Outcome.UNKNOWN:
+            assert applied is not None
+            if applied.verdict is not ResultVerdict.REFUSED:
+                return applied.payment
+            # not applied (its money is not the payment's; alerted): the sync asks again
+        if result.outcome in (Outcome.UNKNOWN, Outcome.SUCCEEDED):
             async with self.pool.acquire() as conn, conn.transaction():
                 await store.lock_payment(conn, payment.id)
                 # only from creating: a notification may have settled it meanwhile
@@ -334,7 +424,14 @@ class PaymentService:
         if result.outcome is Outcome.SYSTEM_ERROR and result.decision is Decision.FAILOVER:
             async with self.pool.acquire() as conn, conn.transaction():
                 await store.lock_payment(conn, payment.id)
-                await store.mark_attempt_failed_over(conn, attempt.id, attempt_outcome(result))
+                if result.order_may_exist:
+                    # the payer never got a way to pay it, but the order may exist there: the
+                    # sync closes it at the channel
+                    await store.mark_attempt_closing(
+                        conn, attempt.id, attempt_outcome(result), self._next_sync_at(0)
+                    )
+                else:
+                    await store.mark_attempt_failed_over(conn, attempt.id, attempt_outcome(result))
             return None
         # a definitive refusal (or a system error the table calls final)
         code = result.channel_code or "channel_declined"
@@ -362,19 +459,17 @@ class PaymentService:
         attempt_status: AttemptStatus | None = None,
         result: ChannelResult | None = None,
         failure: tuple[str, str] | None = None,
-        conn: Connection | None = None,
+        watch_until: datetime | None = None,
     ) -> Payment:
         """Move a payment (and optionally one attempt) to a new state under the row lock,
         writing the event and its deliveries in the same transaction. A transition the state
-        machine does not allow changes nothing and returns the payment as it is."""
-        if conn is None:
-            async with self.pool.acquire() as own, own.transaction():
-                return await self._transition(
-                    own, payment_id, target, attempt_id, attempt_status, result, failure
-                )
-        return await self._transition(
-            conn, payment_id, target, attempt_id, attempt_status, result, failure
-        )
+        machine does not allow changes nothing and returns the payment as it is. With
+        `watch_until`, the attempt's order stays payable at the channel until then: the sync
+        keeps querying it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._transition(
+                conn, payment_id, target, attempt_id, attempt_status, result, failure, watch_until
+            )
 
     async def _transition(
         self,
@@ -385,6 +480,7 @@ class PaymentService:
         attempt_status: AttemptStatus | None,
         result: ChannelResult | None,
         failure: tuple[str, str] | None,
+        watch_until: datetime | None = None,
     ) -> Payment:
         payment = await store.lock_payment(conn, payment_id)
         assert payment is not None
@@ -392,7 +488,12 @@ class PaymentService:
             attempt = await store.get_attempt(conn, attempt_id)
             if attempt is not None and attempt_can(attempt.status, attempt_status):
                 await store.finish_attempt(
-                    conn, attempt_id, attempt_status, attempt_outcome(result)
+                    conn,
+                    attempt_id,
+                    attempt_status,
+                    attempt_outcome(result),
+                    watch_until=watch_until,
+                    next_sync_at=self._next_sync_at(0) if watch_until is not None else None,
                 )
         if not payment_can(payment.status, target):
             return payment
@@ -434,11 +535,19 @@ class PaymentService:
         return updated
 
     async def apply_channel_result(
-        self, channel: str, channel_order_id: str, result: ChannelResult
-    ) -> Payment | None:
-        """Apply what a channel established about one of its orders (from a notification or a
-        query), exactly once: all under the payment's row lock, checked against the state
-        machines. Returns the payment, or None for an order we do not know."""
+        self,
+        channel: str,
+        channel_order_id: str,
+        result: ChannelResult,
+        *,
+        notification_id: str | None = None,
+    ) -> PaymentApplied | None:
+        """Apply what a channel established about one of its orders (its answer, a query or a
+        notification), exactly once: all under the payment's row lock, checked against the
+        state machines. A success without the payment's amount and currency is refused
+        (recorded and alerted, nothing applied; `refuses`); a notification's id is recorded
+        with the change it causes, and a repeat of it applies nothing. None for an order we do
+        not know."""
         async with self.pool.acquire() as conn, conn.transaction():
             attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
             if attempt is None:
@@ -449,30 +558,26 @@ class PaymentService:
             attempt = await store.attempt_by_channel_order(conn, channel, channel_order_id)
             assert attempt is not None
             if result.outcome is Outcome.SUCCEEDED:
-                if payment.status in (PaymentStatus.CLOSED, PaymentStatus.FAILED):
-                    # paid at the channel after we closed or failed it: an operator matter
-                    await record_late_payment(
-                        conn,
-                        payment,
-                        attempt,
-                        result,
-                        self.channels.adapter(channel),
-                        auto_refund=self.late_payment_auto_refund,
-                    )
-                    return payment
-                if (
-                    result.amount is not None
-                    and result.amount != payment.amount
-                    and payment.status is PaymentStatus.PENDING
-                ):
-                    log.error(
-                        "channel_amount_mismatch",
-                        payment_id=payment.id,
-                        expected=payment.amount,
-                        reported=result.amount,
-                    )
-                    metrics.AMOUNT_MISMATCHES.labels(channel=channel).inc()
-                    return payment
+                mismatch = money_mismatch(
+                    result.amount, result.currency, payment.amount, payment.currency
+                )
+                repeat = success_meaning(payment.status, attempt.status) is SuccessMeaning.REPEAT
+                if mismatch is not None and refuses(mismatch, repeats_applied_success=repeat):
+                    await refuse_success(conn, payment, channel, channel_order_id, result, mismatch)
+                    return PaymentApplied(payment, ResultVerdict.REFUSED)
+            if notification_id is not None and not await store.claim_notification_id(
+                conn, channel, notification_id
+            ):
+                return PaymentApplied(payment, ResultVerdict.REPEATED)
+            applied = await self._apply(conn, payment, attempt, result)
+            return PaymentApplied(applied, ResultVerdict.APPLIED)
+
+    async def _apply(
+        self, conn: Connection, payment: Payment, attempt: Attempt, result: ChannelResult
+    ) -> Payment:
+        if result.outcome is Outcome.SUCCEEDED:
+            meaning = success_meaning(payment.status, attempt.status)
+            if meaning is SuccessMeaning.TAKES_PAYMENT:
                 return await self._transition(
                     conn,
                     payment.id,
@@ -482,41 +587,76 @@ class PaymentService:
                     result,
                     None,
                 )
-            if result.outcome is Outcome.FAILED:
-                latest = await store.current_attempt(conn, payment.id)
-                is_latest = latest is not None and latest.id == attempt.id
-                if not is_latest or not attempt_is_open(attempt.status):
-                    return payment
-                code = result.channel_code or "channel_declined"
-                return await self._transition(
+            if meaning is SuccessMeaning.LATE:
+                # paid at the channel after the gateway gave the attempt (or the payment) up:
+                # an operator matter
+                await record_late_payment(
                     conn,
-                    payment.id,
-                    PaymentStatus.FAILED,
-                    attempt.id,
-                    AttemptStatus.FAILED,
+                    payment,
+                    attempt,
                     result,
-                    (code, result.channel_message or "The payment failed at the channel."),
+                    self.channels.adapter(attempt.channel),
+                    auto_refund=self.late_payment_auto_refund,
                 )
-            if result.outcome is Outcome.WAITING and attempt.status in (
-                AttemptStatus.CREATING,
-                AttemptStatus.UNKNOWN,
-            ):
+                if attempt.status is AttemptStatus.CLOSING:  # paid: nothing left to close
+                    await store.close_given_up_attempt(conn, attempt.id, None, None)
+            return payment
+        if result.outcome is Outcome.FAILED:
+            latest = await store.current_attempt(conn, payment.id)
+            is_latest = latest is not None and latest.id == attempt.id
+            if not is_latest or not attempt_is_open(attempt.status):
+                return payment
+            code = result.channel_code or "channel_declined"
+            return await self._transition(
+                conn,
+                payment.id,
+                PaymentStatus.FAILED,
+                attempt.id,
+                AttemptStatus.FAILED,
+                result,
+                (code, result.channel_message or "The payment failed at the channel."),
+            )
+        if result.outcome is Outcome.WAITING and attempt_is_open(attempt.status):
+            if result.needs_operator and payment.status is PaymentStatus.PENDING:
+                await record_needs_operator(
+                    conn, payment, attempt.channel, attempt.channel_order_id, result
+                )
+            if attempt.status in (AttemptStatus.CREATING, AttemptStatus.UNKNOWN):
                 await store.mark_attempt_waiting_after_query(conn, attempt.id, result.channel_code)
                 next_action = next_action_of(result)
                 if next_action is not None and payment.next_action is None:
                     # a create whose answer was lost: the query gives the payer's next action
                     return await store.set_next_action(conn, payment.id, next_action)
-            return payment
+        return payment
 
-    async def apply_notification(self, channel: str, notification: Notification) -> bool:
-        """Apply a verified channel notification. Returns False when it concerns an order we
-        do not know (the channel will be asked to send it again)."""
+    async def close_given_up(
+        self, payment_id: str, attempt_id: str, watch_until: datetime | None
+    ) -> None:
+        """A closing attempt's order is closed at its channel (stays payable until
+        `watch_until`, when the channel could not close it: watched until then)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.lock_payment(conn, payment_id)
+            await store.close_given_up_attempt(
+                conn,
+                attempt_id,
+                watch_until,
+                self._next_sync_at(0) if watch_until is not None else None,
+            )
+
+    async def apply_notification(
+        self, channel: str, notification: Notification
+    ) -> ResultVerdict | None:
+        """Apply a verified channel notification. None when it concerns an order we do not
+        know (the channel will be asked to send it again)."""
         if notification.kind is not NotificationKind.PAYMENT:
-            return False  # refunds are applied by the refund service
-        payment = await self.apply_channel_result(
-            channel, notification.channel_order_id, notification.result
+            return None  # refunds are applied by the refund service
+        applied = await self.apply_channel_result(
+            channel,
+            notification.channel_order_id,
+            notification.result,
+            notification_id=notification.notification_id,
         )
-        return payment is not None
+        return None if applied is None else applied.verdict
 
     # ---- query and close ------------------------------------------------------------------
     async def get(self, merchant_id: str, payment_id: str) -> Payment:
@@ -538,23 +678,20 @@ class PaymentService:
             attempt = await store.current_attempt(self.pool, payment_id)
             adapter = self.channels.adapter(attempt.channel) if attempt else None
             if attempt is not None and adapter is not None and attempt_is_open(attempt.status):
-                started = asyncio.get_running_loop().time()
-                result = await adapter.query_payment(attempt.channel_order_id)
-                timing.add_channel_time(asyncio.get_running_loop().time() - started)
-                metrics.CHANNEL_CALLS.labels(
-                    channel=attempt.channel, operation="query", outcome=result.outcome.value
-                ).inc()
+                result = await self.query_at_channel(
+                    adapter, attempt.channel, attempt.channel_order_id
+                )
                 # "no such order" for a create whose answer never came is not final: the
                 # background sync closes such an order at the channel before failing it
                 unsure = (
                     result.outcome is Outcome.FAILED and attempt.status is not AttemptStatus.WAITING
                 )
                 if not unsure:
-                    updated = await self.apply_channel_result(
+                    applied = await self.apply_channel_result(
                         attempt.channel, attempt.channel_order_id, result
                     )
-                    if updated is not None:
-                        payment = updated
+                    if applied is not None:
+                        payment = applied.payment
         return payment
 
     async def close(self, merchant_id: str, payment_id: str) -> Payment:
@@ -566,29 +703,28 @@ class PaymentService:
         attempt = await store.current_attempt(self.pool, payment_id)
         assert attempt is not None
         adapter = self.channels.adapter(attempt.channel)
-        if adapter is not None and attempt.status is not AttemptStatus.FAILED_OVER:
-            result = await adapter.close_payment(attempt.channel_order_id)
-            metrics.CHANNEL_CALLS.labels(
-                channel=attempt.channel, operation="close", outcome=result.outcome.value
-            ).inc()
-            if result.outcome is not Outcome.SUCCEEDED:
-                # the channel would not close it: it may have been paid meanwhile
-                query = await adapter.query_payment(attempt.channel_order_id)
-                if query.outcome is Outcome.SUCCEEDED:
-                    await self.apply_channel_result(
-                        attempt.channel, attempt.channel_order_id, query
-                    )
+        watch_until = None
+        if adapter is not None and attempt_is_open(attempt.status):
+            closed = await self.close_at_channel(adapter, attempt.channel, attempt.channel_order_id)
+            if closed.verdict is CloseVerdict.PAID:
+                assert closed.paid is not None
+                applied = await self.apply_channel_result(
+                    attempt.channel, attempt.channel_order_id, closed.paid
+                )
+                if applied is not None and applied.payment.status is PaymentStatus.SUCCEEDED:
                     raise InvalidState("The payment succeeded and cannot be closed.")
-                if query.outcome is not Outcome.FAILED:
-                    raise ChannelUnavailable(
-                        "The channel could not close the payment now; retry later.",
-                        retry_after_s=5,
-                    )
+            if closed.verdict is not CloseVerdict.CLOSED:
+                raise ChannelUnavailable(
+                    "The channel could not close the payment now; retry later.",
+                    retry_after_s=5,
+                )
+            watch_until = closed.watch_until
         updated = await self.transition(
             payment_id,
             PaymentStatus.CLOSED,
             attempt_id=attempt.id,
             attempt_status=AttemptStatus.CLOSED,
+            watch_until=watch_until,
         )
         if updated.status is PaymentStatus.SUCCEEDED:
             raise InvalidState("The payment succeeded and cannot be closed.")

@@ -1,5 +1,6 @@
 """Payments, their attempts, the events they cause with the callback outbox rows of those events,
-and the channel notifications that were not applied. Statements: `sql/payments.sql`."""
+the operators' records of them, the ids of the channel notifications applied and the counts of
+those that were not. Statements: `sql/payments.sql`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from gateway.domain.records import (
     NewAttempt,
     NewPayment,
     NextAction,
+    NotificationCount,
     Payment,
 )
-from gateway.domain.states import AttemptStatus, NotificationOutcome, PaymentStatus
+from gateway.domain.states import AttemptStatus, PaymentStatus
 from gateway.store import rows
 from gateway.store.db import Connection, Executor, Pool
 from gateway.store.queries import query
@@ -37,6 +39,8 @@ _ATTEMPT_BY_CHANNEL_ORDER = query("attempt_by_channel_order")
 _MARK_ATTEMPT_WAITING = query("mark_attempt_waiting")
 _MARK_ATTEMPT_UNKNOWN = query("mark_attempt_unknown")
 _MARK_ATTEMPT_FAILED_OVER = query("mark_attempt_failed_over")
+_MARK_ATTEMPT_CLOSING = query("mark_attempt_closing")
+_CLOSE_GIVEN_UP_ATTEMPT = query("close_given_up_attempt")
 _FINISH_ATTEMPT = query("finish_attempt")
 _MARK_ATTEMPT_WAITING_AFTER_QUERY = query("mark_attempt_waiting_after_query")
 _NOTE_LATE_PAYMENT_ON_ATTEMPT = query("note_late_payment_on_attempt")
@@ -46,7 +50,10 @@ _COUNT_DUE_ATTEMPTS = query("count_due_attempts")
 _INSERT_EVENT = query("insert_event")
 _INSERT_EVENT_DELIVERIES = query("insert_event_deliveries")
 _NOTIFY_DISPATCHERS = query("notify_dispatchers")
-_INSERT_CHANNEL_NOTIFICATION = query("insert_channel_notification")
+_PAYMENT_RECORD_EXISTS = query("payment_record_exists")
+_CLAIM_NOTIFICATION_ID = query("claim_notification_id")
+_PURGE_NOTIFICATION_IDS = query("purge_notification_ids")
+_ADD_NOTIFICATION_COUNTS = query("add_notification_counts")
 
 
 # ---- payments -------------------------------------------------------------------------------
@@ -223,10 +230,44 @@ async def mark_attempt_failed_over(
     )
 
 
-async def finish_attempt(
-    conn: Connection, attempt_id: str, status: AttemptStatus, outcome: AttemptOutcome
+async def mark_attempt_closing(
+    conn: Connection, attempt_id: str, outcome: AttemptOutcome, next_sync_at: datetime
 ) -> None:
-    """A final status (the caller checked the state machine under the payment's lock)."""
+    """creating -> closing: failed over, though the channel may hold the order; the sync closes
+    it there from `next_sync_at` on."""
+    await conn.execute(
+        _MARK_ATTEMPT_CLOSING,
+        attempt_id,
+        outcome.channel_code,
+        outcome.channel_message,
+        outcome.decision,
+        next_sync_at,
+    )
+
+
+async def close_given_up_attempt(
+    conn: Connection,
+    attempt_id: str,
+    watch_until: datetime | None,
+    next_sync_at: datetime | None,
+) -> None:
+    """closing -> closed (the caller holds the payment's lock); watched until `watch_until`,
+    next queried at `next_sync_at`, when its order stays payable at the channel."""
+    await conn.execute(_CLOSE_GIVEN_UP_ATTEMPT, attempt_id, watch_until, next_sync_at)
+
+
+async def finish_attempt(
+    conn: Connection,
+    attempt_id: str,
+    status: AttemptStatus,
+    outcome: AttemptOutcome,
+    *,
+    watch_until: datetime | None = None,
+    next_sync_at: datetime | None = None,
+) -> None:
+    """A final status (the caller checked the state machine under the payment's lock). The sync
+    leaves it alone from now on, unless its order stays payable at the channel until
+    `watch_until` (queried from `next_sync_at` on)."""
     await conn.execute(
         _FINISH_ATTEMPT,
         attempt_id,
@@ -235,6 +276,8 @@ async def finish_attempt(
         outcome.channel_message,
         outcome.decision,
         outcome.channel_trade_no,
+        watch_until,
+        next_sync_at,
     )
 
 
@@ -263,8 +306,9 @@ async def claim_due_attempts(pool: Pool, limit: int, lease_s: float) -> list[Due
     return [rows.due_attempt(r) for r in await pool.fetch(_CLAIM_DUE_ATTEMPTS, limit, lease_s)]
 
 
-async def reschedule_attempt_sync(pool: Pool, attempt_id: str, at: datetime) -> None:
-    """The next sync of an attempt still open."""
+async def reschedule_attempt_sync(pool: Pool, attempt_id: str, at: datetime | None) -> None:
+    """The next sync of an attempt the sync still follows (open, closing or watched); None
+    ends a watch."""
     await pool.execute(_RESCHEDULE_ATTEMPT_SYNC, attempt_id, at)
 
 
@@ -310,19 +354,37 @@ async def notify_dispatchers(db: Executor) -> None:
     await db.execute(_NOTIFY_DISPATCHERS, CALLBACK_CHANNEL)
 
 
-async def record_notification(
-    db: Executor,
-    channel: str,
-    channel_order_id: str | None,
-    kind: str | None,
-    outcome: NotificationOutcome | None,
-    applied: bool,
-) -> None:
+async def payment_record_exists(
+    conn: Connection, payment_id: str, record_type: str, channel_order_id: str
+) -> bool:
+    """Whether the operators' record `record_type` of one channel order was written already."""
+    return bool(
+        await conn.fetchval(_PAYMENT_RECORD_EXISTS, payment_id, record_type, channel_order_id)
+    )
+
+
+# ---- channel notifications ------------------------------------------------------------------
+
+
+async def claim_notification_id(conn: Connection, channel: str, notification_id: str) -> bool:
+    """Record, in the caller's transaction, that a channel's notification is applied. False
+    when it was applied before: the caller applies nothing then."""
+    return bool(await conn.fetchval(_CLAIM_NOTIFICATION_ID, channel, notification_id))
+
+
+async def purge_notification_ids(pool: Pool, older_than_s: float) -> None:
+    await pool.execute(_PURGE_NOTIFICATION_IDS, older_than_s)
+
+
+async def add_notification_counts(db: Executor, counts: list[NotificationCount]) -> None:
+    """Add the counts of notifications not applied, in one statement (one bucket each)."""
     await db.execute(
-        _INSERT_CHANNEL_NOTIFICATION,
-        channel,
-        channel_order_id,
-        kind,
-        None if outcome is None else outcome.value,
-        applied,
+        _ADD_NOTIFICATION_COUNTS,
+        [c.channel for c in counts],
+        [c.outcome.value for c in counts],
+        [c.minute for c in counts],
+        [c.count for c in counts],
+        [c.first_seen for c in counts],
+        [c.last_seen for c in counts],
+        [c.sample_channel_order_id for c in counts],
     )

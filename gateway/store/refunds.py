@@ -1,6 +1,5 @@
-"""Refunds, the amounts they reserve on their payment, their status sync, and whether a late
-payment (paid at the channel after the gateway closed it) was recorded. Statements:
-`sql/refunds.sql`."""
+"""Refunds, the amounts they reserve on their payment, their status sync, and whether an
+operators' record of one was written. Statements: `sql/refunds.sql`."""
 
 from __future__ import annotations
 
@@ -12,10 +11,6 @@ from gateway.store import rows
 from gateway.store.db import Connection, Executor, Pool
 from gateway.store.queries import query
 
-LATE_PAYMENT_EVENT = "payment.paid_after_close"
-"""An internal event (never delivered to merchants): the channel reports an order paid after
-the gateway closed or failed its payment."""
-
 _INSERT_REFUND = query("insert_refund")
 _RESERVE_REFUND_AMOUNT = query("reserve_refund_amount")
 _SETTLE_REFUND_AMOUNT = query("settle_refund_amount")
@@ -26,12 +21,12 @@ _SUCCEEDED_ATTEMPT = query("succeeded_attempt")
 _SETTLE_REFUND = query("settle_refund")
 _CLAIM_DUE_REFUNDS = query("claim_due_refunds")
 _RESCHEDULE_REFUND_SYNC = query("reschedule_refund_sync")
-_LATE_PAYMENT_RECORDED = query("late_payment_recorded")
+_REFUND_RECORD_EXISTS = query("refund_record_exists")
 
 
 async def insert_refund(conn: Connection, refund: NewRefund) -> Refund:
-    """Insert a pending refund and reserve its amount on its payment. The caller holds the
-    payment's row lock and has checked that the amount is available."""
+    """Insert a pending refund and, when it counts on its payment, reserve its amount there. The
+    caller holds the payment's row lock and has checked that the amount is available."""
     row = await conn.fetchrow(
         _INSERT_REFUND,
         refund.id,
@@ -45,9 +40,11 @@ async def insert_refund(conn: Connection, refund: NewRefund) -> Refund:
         refund.channel_order_id,
         refund.channel_refund_id,
         refund.next_sync_at,
+        refund.counts_on_payment,
     )
     assert row is not None
-    await conn.execute(_RESERVE_REFUND_AMOUNT, refund.payment_id, refund.amount)
+    if refund.counts_on_payment:
+        await conn.execute(_RESERVE_REFUND_AMOUNT, refund.payment_id, refund.amount)
     return rows.refund(row)
 
 
@@ -84,8 +81,9 @@ async def settle_refund(
     channel_code: str | None,
     failure: tuple[str, str] | None,
 ) -> Refund:
-    """pending -> `status`, and the refund's amount no longer reserved on its payment (refunded
-    when it succeeded). The caller holds the payment's row lock and checked the state machine."""
+    """pending -> `status`, and (when it counts on its payment) the refund's amount no longer
+    reserved there, refunded when it succeeded. The caller holds the payment's row lock and
+    checked the state machine."""
     row = await conn.fetchrow(
         _SETTLE_REFUND,
         refund.id,
@@ -96,12 +94,13 @@ async def settle_refund(
         failure[1] if failure else None,
     )
     assert row is not None
-    await conn.execute(
-        _SETTLE_REFUND_AMOUNT,
-        refund.payment_id,
-        refund.amount,
-        status is RefundStatus.SUCCEEDED,
-    )
+    if refund.counts_on_payment:
+        await conn.execute(
+            _SETTLE_REFUND_AMOUNT,
+            refund.payment_id,
+            refund.amount,
+            status is RefundStatus.SUCCEEDED,
+        )
     return rows.refund(row)
 
 
@@ -115,9 +114,8 @@ async def reschedule_refund_sync(pool: Pool, refund_id: str, at: datetime) -> No
     await pool.execute(_RESCHEDULE_REFUND_SYNC, refund_id, at)
 
 
-async def late_payment_recorded(conn: Connection, payment_id: str, channel_order_id: str) -> bool:
+async def refund_record_exists(conn: Connection, refund: Refund, record_type: str) -> bool:
+    """Whether the operators' record `record_type` of `refund` was written already."""
     return bool(
-        await conn.fetchval(
-            _LATE_PAYMENT_RECORDED, payment_id, LATE_PAYMENT_EVENT, channel_order_id
-        )
+        await conn.fetchval(_REFUND_RECORD_EXISTS, refund.payment_id, refund.id, record_type)
     )

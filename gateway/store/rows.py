@@ -124,6 +124,7 @@ def attempt(row: Row) -> Attempt:
         updated_at=row["updated_at"],
         next_sync_at=row["next_sync_at"],
         sync_count=row["sync_count"],
+        watch_until=row["watch_until"],
     )
 
 
@@ -138,6 +139,7 @@ def due_attempt(row: Row) -> DueAttempt:
         merchant_id=row["merchant_id"],
         payment_status=PaymentStatus(row["payment_status"]),
         expires_at=row["expires_at"],
+        watch_until=row["watch_until"],
     )
 
 
@@ -162,6 +164,7 @@ def refund(row: Row) -> Refund:
         completed_at=row["completed_at"],
         next_sync_at=row["next_sync_at"],
         sync_count=row["sync_count"],
+        counts_on_payment=row["counts_on_payment"],
     )
 
 

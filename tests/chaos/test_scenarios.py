@@ -125,8 +125,9 @@ async def _attempt_figures(run: Run) -> dict[str, int]:
                        AS payments_failed_channel_unavailable,
                    (SELECT count(*) FROM payment_attempts WHERE sync_count > 0)
                        AS attempts_resolved_by_sync,
-                   (SELECT count(*) FROM channel_notifications) AS channel_notifications,
-                   (SELECT count(*) FROM channel_notifications WHERE NOT applied)
+                   (SELECT count(*) FROM channel_notification_ids)
+                       AS channel_notification_ids_applied,
+                   (SELECT coalesce(sum(count), 0)::bigint FROM channel_notification_counts)
                        AS channel_notifications_not_applied
             """
         )

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from adapters.bank.adapter import BankAdapter
 from adapters.base import (
     AdapterContext,
     ChannelAdapter,
@@ -240,46 +241,72 @@ async def test_query_signs_an_empty_body(
         KEYS / "merchant_public.pem", signed, sent.headers["X-Bank-Signature"], tmp_path
     )
     assert result.outcome is Outcome.SUCCEEDED
-    assert result.amount == 1999
+    assert (result.amount, result.currency) == (1999, "CNY")
     assert result.paid_at == datetime(2024, 5, 1, 12, 2, 4, tzinfo=CHINA)
 
 
-async def test_worked_example_notifications_are_accepted(http: aiohttp.ClientSession) -> None:
-    """Old timestamps are accepted on purpose: a notification repeats a final fact."""
+def bank_at(http: aiohttp.ClientSession, unix_seconds: float) -> ChannelAdapter:
+    """The bank adapter on a clock stopped at `unix_seconds`."""
     adapter = build_bank(http, "https://pay.bank.example")
+    assert isinstance(adapter, BankAdapter)
+    adapter.clock = lambda: unix_seconds
+    return adapter
+
+
+async def test_worked_example_notifications_are_accepted(http: aiohttp.ClientSession) -> None:
+    """On a clock within the specification's 5 minutes of their timestamps."""
     payment = json.loads(V["payment_notification"]["body"])
     refund = json.loads(V["refund_notification"]["body"])
+    paid_at = int(V["payment_notification"]["timestamp"])
+    refunded_at = int(V["refund_notification"]["timestamp"])
 
-    paid = adapter.parse_notification(notification(V["payment_notification"]))
-    refunded = adapter.parse_notification(notification(V["refund_notification"]))
+    paid = bank_at(http, paid_at + 299).parse_notification(notification(V["payment_notification"]))
+    refunded = bank_at(http, refunded_at - 299).parse_notification(
+        notification(V["refund_notification"])
+    )
 
     assert (paid.kind, paid.channel_order_id) == (NotificationKind.PAYMENT, payment["order_no"])
+    assert paid.notification_id == payment["notify_id"]
     assert paid.result.outcome is Outcome.SUCCEEDED
-    assert (paid.result.amount, paid.result.channel_trade_no) == (1999, payment["txn_id"])
+    assert (paid.result.amount, paid.result.currency) == (1999, "CNY")
+    assert paid.result.channel_trade_no == payment["txn_id"]
     assert paid.result.paid_at == datetime(2024, 5, 1, 12, 2, 4, tzinfo=CHINA)
     assert (refunded.kind, refunded.channel_refund_id) == (
         NotificationKind.REFUND,
         refund["refund_no"],
     )
+    assert refunded.notification_id == refund["notify_id"]
     assert refunded.result.outcome is Outcome.SUCCEEDED
-    assert (refunded.result.amount, refunded.result.channel_trade_no) == (
-        500,
-        refund["refund_txn_id"],
-    )
+    assert (refunded.result.amount, refunded.result.currency) == (500, refund["currency"])
+    assert refunded.result.channel_trade_no == refund["refund_txn_id"]
+
+
+@pytest.mark.parametrize("name", ["payment_notification", "refund_notification"])
+async def test_worked_example_notifications_are_refused_outside_the_window(
+    http: aiohttp.ClientSession, name: str
+) -> None:
+    """Genuine, but replayed today, or 301 s from their timestamp either way."""
+    example = V[name]
+    signed_at = int(example["timestamp"])
+    for now in (time.time(), signed_at + 301, signed_at - 301):
+        with pytest.raises(NotificationRejected, match="window"):
+            bank_at(http, now).parse_notification(notification(example))
 
 
 async def test_forged_notifications_are_rejected(http: aiohttp.ClientSession) -> None:
     example = V["payment_notification"]
-    adapter = build_bank(http, "https://pay.bank.example")
-    with pytest.raises(NotificationRejected):
+    adapter = bank_at(http, int(example["timestamp"]))
+    with pytest.raises(NotificationRejected, match="invalid signature"):
         adapter.parse_notification(
             notification(example, body=example["body"].replace("1999", "19990"))
         )
-    with pytest.raises(NotificationRejected):
+    with pytest.raises(NotificationRejected, match="invalid signature"):
         adapter.parse_notification(notification(example, nonce="AAAAAAAAAAAAAAAAAAAAAA"))
     # line 2 is the merchant id it is addressed to: another merchant cannot accept it
     other = build_bank(http, "https://pay.bank.example", merchant_id="M999999999")
-    with pytest.raises(NotificationRejected):
+    assert isinstance(other, BankAdapter)
+    other.clock = lambda: int(example["timestamp"])
+    with pytest.raises(NotificationRejected, match="invalid signature"):
         other.parse_notification(notification(example))
 
 

@@ -1,6 +1,7 @@
 """Refunds (API.md §1.5): every error, merchant_refund_id idempotency, 100 concurrent requests
-on one payment, a refund the channel refuses, and refunds the channel answers as processing or
-unknown, settled later by the status sync."""
+on one payment, a refund the channel refuses, refunds the channel answers as processing or
+unknown, settled later by the status sync, a success without the refund's money (not applied)
+and a refund the channel reports neither done nor failed (an operator's matter)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
 from adapters import simkit
+from adapters.base import ChannelResult, Outcome
+from gateway.api.context import SERVICES
 from tests.fixtures import ROOT, Gateway, new_merchant, start_gateway
 from tests.support import MerchantClient, Receiver, wait_until
 
@@ -454,3 +459,101 @@ async def test_refund_that_never_reached_the_channel_is_sent_by_the_sync(
     order = await channel_order(gateway, "bank", payment["channel_order_id"])
     assert [r["amount"] for r in order["refunds"].values()] == [3000]
     assert (await get_payment(client, payment["id"]))["refunded_amount"] == 3000
+
+
+# ---- what the channel says that cannot be applied as it is ----------------------------------
+
+
+def channel_adapter(gateway: Gateway, channel: str) -> Any:
+    adapter = gateway.app[SERVICES].channels.adapter(channel)
+    assert adapter is not None
+    return adapter
+
+
+def refund_metric(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_refund_success_with_another_amount_is_not_applied(
+    gateway: Gateway, client: MerchantClient, db: asyncpg.Pool
+) -> None:
+    """The bank's answer to the refund names another amount (or no currency): the refund stays
+    pending (alerted, recorded once); the sync's query, a whole answer, settles it."""
+    payment = await paid_payment(gateway, client, amount=3000)
+    adapter = channel_adapter(gateway, payment["channel"])
+    send = adapter.refund
+
+    async def altered(req: Any) -> Any:
+        return dataclasses.replace(await send(req), amount=req.amount + 1)
+
+    adapter.refund = altered
+    labels = {"channel": payment["channel"], "kind": "refund", "reason": "amount"}
+    before = refund_metric("gateway_channel_amount_mismatches_total", labels)
+    with capture_logs() as logs:
+        reply = await client.request(
+            "POST", refunds_path(payment), {"merchant_refund_id": "odd", "amount": 1000}
+        )
+    assert (reply.status, reply.json["status"]) == (201, "pending")
+    assert refund_metric("gateway_channel_amount_mismatches_total", labels) == before + 1
+    [alert] = [e for e in logs if e["event"] == "channel_amount_mismatch"]
+    assert (alert["kind"], alert["expected_amount"], alert["reported_amount"]) == (
+        "refund",
+        1000,
+        1001,
+    )
+    record = await db.fetchrow("SELECT * FROM events WHERE type = 'refund.amount_mismatch'")
+    assert record["refund_id"] == reply.json["id"]
+    done = await wait_refund(client, reply.json["id"])
+    assert done["status"] == "succeeded"
+    assert (await get_payment(client, payment["id"]))["refunded_amount"] == 1000
+
+
+async def test_a_refund_that_needs_an_operator_stays_pending(
+    gateway: Gateway, client: MerchantClient, db: asyncpg.Pool, receiver: Receiver
+) -> None:
+    """WeChat's REFUND.ABNORMAL (the bank plays it here): WAITING with needs_operator, never
+    failed. Recorded once for an operator, the refund stays pending with its amount reserved,
+    and the sync asks again on the slow end of its schedule (2 s in tests)."""
+    payment = await paid_payment(gateway, client, amount=2000, notify_url=receiver.url)
+    await receiver.wait_for(1)
+    adapter = channel_adapter(gateway, payment["channel"])
+
+    async def abnormal(*_: Any) -> Any:
+        return ChannelResult(Outcome.WAITING, channel_code="ABNORMAL", needs_operator=True)
+
+    adapter.refund = abnormal
+    adapter.query_refund = abnormal
+    labels = {"channel": payment["channel"], "kind": "refund"}
+    before = refund_metric("gateway_channel_needs_operator_total", labels)
+    with capture_logs() as logs:
+        reply = await client.request(
+            "POST", refunds_path(payment), {"merchant_refund_id": "stuck", "amount": 800}
+        )
+        assert (reply.status, reply.json["status"]) == (201, "pending")
+
+        async def synced_twice() -> bool:
+            row = await db.fetchrow(
+                "SELECT sync_count FROM refunds WHERE id = $1", reply.json["id"]
+            )
+            return bool(row["sync_count"] >= 2)
+
+        await wait_until(synced_twice)
+    assert refund_metric("gateway_channel_needs_operator_total", labels) == before + 1
+    assert len([e for e in logs if e["event"] == "channel_needs_operator"]) == 1
+    [record] = await db.fetch("SELECT * FROM events WHERE type = 'refund.needs_operator'")
+    assert record["refund_id"] == reply.json["id"]
+    refund = await db.fetchrow(
+        "SELECT status, extract(epoch FROM next_sync_at - now()) AS wait FROM refunds"
+        " WHERE id = $1",
+        reply.json["id"],
+    )
+    assert refund["status"] == "pending" and 1.0 < float(refund["wait"]) <= 2.0
+    row = await db.fetchrow(
+        "SELECT refunded_amount, refund_reserved FROM payments WHERE id = $1", payment["id"]
+    )
+    assert (row["refunded_amount"], row["refund_reserved"]) == (0, 800)
+    assert event_types_of(receiver) == ["payment.succeeded"]
+
+
+def event_types_of(receiver: Receiver) -> list[str]:
+    return [orjson.loads(c["body"])["type"] for c in receiver.received]

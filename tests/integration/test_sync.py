@@ -1,10 +1,14 @@
 """Status sync and expiry: creates that timed out resolved by query, pending payments closed at
 their expiry (or succeeded, if the channel says they were paid), payments paid after the
-gateway closed them, and two gateways sharing the sync without querying one attempt at once."""
+gateway closed them, queried successes that do not carry the payment's money, payments the
+channel reports neither paid nor failed (an operator's matter), and two gateways sharing the
+sync without querying one attempt at once. (Orders the gateway gave up and watches:
+test_given_up_orders.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +24,7 @@ from standardwebhooks import Webhook
 from structlog.testing import capture_logs
 
 from adapters.bank import simulator as bank_simulator
+from adapters.base import ChannelResult, Outcome
 from adapters.simkit import now as sim_now
 from gateway.api.context import SERVICES
 from tests.fixtures import Gateway, start_gateway
@@ -104,12 +109,11 @@ async def test_create_timed_out_is_resolved_by_query(
     )
 
 
-async def test_create_that_reaches_the_channel_after_the_query_cannot_open_it(
-    start: StartGateway, merchant: Creds, db: asyncpg.Pool, tmp_path: Path
-) -> None:
-    """The sync asks before the hung create reached the bank: the bank has no such order. The
-    gateway closes the order number at the bank before failing the payment, so that the create
-    arriving later is refused and nobody can pay a payment the merchant was told failed."""
+async def create_that_hangs(
+    start: StartGateway, merchant: Creds, tmp_path: Path
+) -> tuple[Gateway, MerchantClient, dict[str, Any]]:
+    """A card payment whose create the adapter gives up on after 0.4 s, while the bank acts on
+    it after 2 s: pending, its outcome unknown."""
     gateway = await start(routing_file=short_timeouts_routing(tmp_path, 400))
     client = gateway.client(merchant)
     hang_for(gateway, "bank", 2.0)
@@ -117,7 +121,16 @@ async def test_create_that_reaches_the_channel_after_the_query_cannot_open_it(
     payment = (await client.create_payment()).json
     await set_faults(gateway, "bank", timeout_rate=0.0)
     assert payment["status"] == "pending"
+    return gateway, client, payment
 
+
+async def test_create_that_reaches_the_channel_after_the_query_cannot_open_it(
+    start: StartGateway, merchant: Creds, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The sync asks before the hung create reached the bank: the bank has no such order. The
+    gateway closes the order number at the bank before failing the payment, so that the create
+    arriving later is refused and nobody can pay a payment the merchant was told failed."""
+    gateway, client, payment = await create_that_hangs(start, merchant, tmp_path)
     done = await wait_payment(client, payment["id"], lambda p: p["status"] != "pending")
     assert done["status"] == "failed"
     assert (await attempt_row(db, payment["id"]))["status"] == "failed"
@@ -128,6 +141,38 @@ async def test_create_that_reaches_the_channel_after_the_query_cannot_open_it(
     pay_url = f"{gateway.url}/sim/bank/pay/{payment['channel_order_id']}"
     assert await payer_acts(gateway, pay_url) >= 400
     assert (await get_payment(client, payment["id"]))["status"] == "failed"
+
+
+async def test_a_close_whose_answer_was_lost_does_not_fail_the_payment(
+    start: StartGateway, merchant: Creds, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """As above, but the bank's answers to the gateway's closes are lost: "no such order" from
+    a query proves nothing then (the hung create may still land, and does), so the payment is
+    not failed; once the order exists, the payment goes on as usual."""
+    gateway, client, payment = await create_that_hangs(start, merchant, tmp_path)
+    adapter = gateway.app[SERVICES].channels.adapter(payment["channel"])
+    assert adapter is not None
+    closes: list[str] = []
+
+    async def close_lost(channel_order_id: str) -> ChannelResult:
+        closes.append(channel_order_id)
+        return ChannelResult(Outcome.UNKNOWN, channel_code="TIMEOUT")
+
+    adapter.close_payment = close_lost  # type: ignore[method-assign]
+
+    async def waiting() -> bool:
+        return (await attempt_row(db, payment["id"]))["status"] == "waiting"
+
+    await wait_until(waiting)
+    assert closes  # the sync tried to close it first
+    found = await get_payment(client, payment["id"])
+    assert found["status"] == "pending" and found["next_action"] is not None
+    assert (await channel_order(gateway, "bank", payment["channel_order_id"]))["status"] == (
+        "CREATED"
+    )
+    assert await payer_acts(gateway, found["next_action"]["url"]) == 200
+    done = await wait_payment(client, payment["id"], lambda p: p["status"] != "pending")
+    assert done["status"] == "succeeded"
 
 
 # ---- expiry -----------------------------------------------------------------------------------
@@ -357,3 +402,124 @@ def _recording(
             calls.append((name, channel_order_id, started, loop.time()))
 
     return wrapped
+
+
+# ---- what a query says that cannot be applied as it is ---------------------------------------
+
+
+def bank_adapter(gateway: Gateway, channel: str) -> Any:
+    adapter = gateway.app[SERVICES].channels.adapter(channel)
+    assert adapter is not None
+    return adapter
+
+
+def amount_mismatches(channel: str, reason: str, kind: str = "payment") -> float:
+    value = REGISTRY.get_sample_value(
+        "gateway_channel_amount_mismatches_total",
+        {"channel": channel, "kind": kind, "reason": reason},
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"currency": None}, "missing"), ({"amount": None}, "missing"), ({"amount": 1}, "amount")],
+)
+async def test_a_queried_success_without_the_payments_money_is_not_applied(
+    gateway: Gateway,
+    client: MerchantClient,
+    db: asyncpg.Pool,
+    change: dict[str, Any],
+    reason: str,
+) -> None:
+    """The payer paid (the notification lost); the bank's query answer is missing the currency
+    (or the amount), or names another amount: not applied, alerted, the attempt stays open;
+    the next answer, a whole one, is applied."""
+    payment = (await client.create_payment()).json
+    adapter = bank_adapter(gateway, payment["channel"])
+    query = adapter.query_payment
+
+    async def altered(channel_order_id: str) -> Any:
+        return dataclasses.replace(await query(channel_order_id), **change)
+
+    adapter.query_payment = altered
+    await set_faults(gateway, "bank", notify="drop")
+    before = amount_mismatches(payment["channel"], reason)
+    with capture_logs() as logs:
+        assert await payer_acts(gateway, payment["next_action"]["url"]) == 200
+
+        async def refused_twice() -> bool:
+            return amount_mismatches(payment["channel"], reason) >= before + 2
+
+        await wait_until(refused_twice)
+    alerts = [e for e in logs if e["event"] == "channel_amount_mismatch"]
+    assert alerts and all(a["alert"] is True and a["reason"] == reason for a in alerts)
+    assert (await get_payment(client, payment["id"]))["status"] == "pending"
+    attempt = await attempt_row(db, payment["id"])
+    assert attempt["status"] == "waiting" and attempt["next_sync_at"] is not None
+    del adapter.query_payment  # the bank's answers as they are
+    done = await wait_payment(client, payment["id"], lambda p: p["status"] != "pending")
+    assert done["status"] == "succeeded"
+
+
+# ---- neither paid nor failed, though money may have moved ------------------------------------
+
+
+def needs_operator(channel: str, kind: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gateway_channel_needs_operator_total", {"channel": channel, "kind": kind}
+    )
+    return value or 0.0
+
+
+async def test_a_payment_that_needs_an_operator_stays_open_past_its_expiry(
+    gateway: Gateway, client: MerchantClient, db: asyncpg.Pool, receiver: Receiver
+) -> None:
+    """UnionPay's origRespCode 42/45 (the bank plays it here): WAITING with needs_operator.
+    Recorded once for an operator (record, metric, alert), never closed nor failed, even past
+    its expiry; asked about again on the slow end of the schedule (2 s in tests)."""
+    payment = (await client.create_payment(notify_url=receiver.url)).json
+    channel = payment["channel"]
+    adapter = bank_adapter(gateway, channel)
+    closes: list[str] = []
+    close = adapter.close_payment
+
+    async def unknown_to_everyone(channel_order_id: str) -> Any:
+        return ChannelResult(
+            Outcome.WAITING, channel_code="42", channel_message="状态未明", needs_operator=True
+        )
+
+    async def recorded_close(channel_order_id: str) -> Any:
+        closes.append(channel_order_id)
+        return await close(channel_order_id)
+
+    adapter.query_payment = unknown_to_everyone
+    adapter.close_payment = recorded_close
+    before = needs_operator(channel, "payment")
+    await expire_now(db, payment["id"])
+    with capture_logs() as logs:
+
+        async def synced_twice() -> bool:
+            return (await attempt_row(db, payment["id"]))["sync_count"] >= 2
+
+        await wait_until(synced_twice)
+    assert needs_operator(channel, "payment") == before + 1
+    alerts = [e for e in logs if e["event"] == "channel_needs_operator"]
+    assert len(alerts) == 1 and alerts[0]["alert"] is True
+    assert alerts[0]["channel_code"] == "42"
+    [record] = await db.fetch(
+        "SELECT payload FROM events WHERE type = 'payment.needs_operator' AND payment_id = $1",
+        payment["id"],
+    )
+    assert orjson.loads(record["payload"])["channel_order_id"] == payment["channel_order_id"]
+    assert closes == []
+    now = await get_payment(client, payment["id"])
+    assert now["status"] == "pending"
+    attempt = await attempt_row(db, payment["id"])
+    assert attempt["status"] == "waiting"
+    wait = await db.fetchval(
+        "SELECT extract(epoch FROM next_sync_at - now()) FROM payment_attempts WHERE id = $1",
+        attempt["id"],
+    )
+    assert 1.0 < float(wait) <= 2.0  # the slow end, not the expiry's immediate close
+    assert await db.fetchval("SELECT count(*) FROM callback_deliveries") == 0

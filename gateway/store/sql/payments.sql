@@ -1,5 +1,6 @@
 -- Payments, their attempts, the events they cause and the callback deliveries of those events
--- (the outbox), and the notifications channels sent that were not applied.
+-- (the outbox), the operators' records of them, the ids of the channel notifications applied
+-- and the counts of those that were not.
 
 -- name: insert_payment_with_attempt
 -- The payment and its first attempt in one statement (one round trip, one commit). No row when
@@ -92,14 +93,30 @@ UPDATE payment_attempts
 -- creating -> failed_over: nothing was created at the channel; the next one is tried.
 UPDATE payment_attempts
    SET status = 'failed_over', channel_code = $2, channel_message = $3, decision = $4,
-       updated_at = now()
+       next_sync_at = NULL, updated_at = now()
  WHERE id = $1;
 
+-- name: mark_attempt_closing
+-- creating -> closing: failed over, but the channel may hold the order; the sync closes it
+-- there from $5 on.
+UPDATE payment_attempts
+   SET status = 'closing', channel_code = $2, channel_message = $3, decision = $4,
+       next_sync_at = $5, updated_at = now()
+ WHERE id = $1 AND status = 'creating';
+
+-- name: close_given_up_attempt
+-- closing -> closed: the channel confirmed the close (or said it was paid: a late payment).
+-- Watched until $2 (next query at $3) when the order stays payable there; else left alone.
+UPDATE payment_attempts
+   SET status = 'closed', watch_until = $2, next_sync_at = $3, updated_at = now()
+ WHERE id = $1 AND status = 'closing';
+
 -- name: finish_attempt
--- A final status, with what the channel said; the sync leaves it alone from now on.
+-- A final status, with what the channel said; the sync leaves it alone from now on, unless
+-- its order stays payable at the channel until $7 (watched: next query at $8).
 UPDATE payment_attempts
    SET status = $2, channel_code = $3, channel_message = $4, decision = $5,
-       channel_trade_no = $6, next_sync_at = NULL, updated_at = now()
+       channel_trade_no = $6, watch_until = $7, next_sync_at = $8, updated_at = now()
  WHERE id = $1;
 
 -- name: mark_attempt_waiting_after_query
@@ -114,11 +131,13 @@ UPDATE payment_attempts
  WHERE id = $1;
 
 -- name: claim_due_attempts
--- Lease up to $1 open attempts whose sync is due (SKIP LOCKED: any number of processes), by
--- pushing their next sync $2 seconds away; each with what the sync needs of its payment.
+-- Lease up to $1 attempts whose sync is due (SKIP LOCKED: any number of processes), by pushing
+-- their next sync $2 seconds away; each with what the sync needs of its payment. Open, closing
+-- and watched attempts (the predicate of the index payment_attempts_sync).
 WITH due AS (
     SELECT id FROM payment_attempts
-     WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now()
+     WHERE (status IN ('creating', 'waiting', 'unknown', 'closing') OR watch_until IS NOT NULL)
+       AND next_sync_at <= now()
      ORDER BY next_sync_at
      LIMIT $1
      FOR UPDATE SKIP LOCKED
@@ -128,16 +147,19 @@ UPDATE payment_attempts a
   FROM due, payments p
  WHERE a.id = due.id AND p.id = a.payment_id
 RETURNING a.id, a.payment_id, a.channel, a.channel_order_id, a.status, a.sync_count,
-          p.merchant_id, p.status AS payment_status, p.expires_at;
+          a.watch_until, p.merchant_id, p.status AS payment_status, p.expires_at;
 
 -- name: reschedule_attempt_sync
+-- The next sync of an attempt the sync still follows; NULL ends a watch.
 UPDATE payment_attempts SET next_sync_at = $2
- WHERE id = $1 AND status IN ('creating', 'waiting', 'unknown');
+ WHERE id = $1
+   AND (status IN ('creating', 'waiting', 'unknown', 'closing') OR watch_until IS NOT NULL);
 
 -- name: count_due_attempts
 -- The sync's backlog.
 SELECT count(*) FROM payment_attempts
- WHERE status IN ('creating', 'waiting', 'unknown') AND next_sync_at <= now();
+ WHERE (status IN ('creating', 'waiting', 'unknown', 'closing') OR watch_until IS NOT NULL)
+   AND next_sync_at <= now();
 
 -- name: insert_event
 INSERT INTO events (id, merchant_id, type, payment_id, refund_id, payload, created_at,
@@ -163,6 +185,35 @@ SELECT count(*) FROM d;
 -- Wake the callback dispatchers (LISTEN $1) when the transaction commits.
 SELECT pg_notify($1, '');
 
--- name: insert_channel_notification
-INSERT INTO channel_notifications (channel, channel_order_id, kind, outcome, applied)
-VALUES ($1, $2, $3, $4, $5);
+-- name: payment_record_exists
+-- Whether the operators' record $2 (an internal event type) of channel order $3 of payment $1
+-- was written already.
+SELECT EXISTS (SELECT 1 FROM events WHERE payment_id = $1 AND type = $2
+                  AND payload->>'channel_order_id' = $3);
+
+-- name: claim_notification_id
+-- Notification $2 of channel $1 is applied now, in the caller's transaction: a row when it is
+-- the first time, none when it was applied before (or is being applied by a transaction that
+-- then commits).
+INSERT INTO channel_notification_ids (channel, notification_id) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING true;
+
+-- name: purge_notification_ids
+-- Forget the notification ids applied more than $1 seconds ago (longer than any channel
+-- repeats a notification; a repeat after that would be applied again, idempotently).
+DELETE FROM channel_notification_ids WHERE applied_at < now() - make_interval(secs => $1);
+
+-- name: add_notification_counts
+-- Add counts of notifications not applied, one row per (channel, outcome, minute): $1..$7 are
+-- arrays, one element per bucket (each bucket once). Buckets other processes wrote add up.
+INSERT INTO channel_notification_counts AS c (channel, outcome, minute, count, first_seen,
+    last_seen, sample_channel_order_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[],
+                     $5::timestamptz[], $6::timestamptz[], $7::text[])
+ON CONFLICT (channel, outcome, minute) DO UPDATE
+   SET count = c.count + EXCLUDED.count,
+       first_seen = least(c.first_seen, EXCLUDED.first_seen),
+       last_seen = greatest(c.last_seen, EXCLUDED.last_seen),
+       sample_channel_order_id = COALESCE(c.sample_channel_order_id,
+                                          EXCLUDED.sample_channel_order_id);

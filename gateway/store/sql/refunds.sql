@@ -1,10 +1,11 @@
--- Refunds, their reservation against the payment's amount, and the record of a payment a
--- channel reports paid after the gateway closed it.
+-- Refunds, their reservation against the payment's amount, and the operators' records of
+-- them.
 
 -- name: insert_refund
 INSERT INTO refunds (id, payment_id, merchant_id, merchant_refund_id, amount, currency,
-    reason, status, channel, channel_order_id, channel_refund_id, next_sync_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11)
+    reason, status, channel, channel_order_id, channel_refund_id, next_sync_at,
+    counts_on_payment)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12)
 RETURNING *;
 
 -- name: reserve_refund_amount
@@ -61,7 +62,7 @@ RETURNING r.*, p.amount AS payment_amount;
 -- name: reschedule_refund_sync
 UPDATE refunds SET next_sync_at = $2 WHERE id = $1 AND status = 'pending';
 
--- name: late_payment_recorded
--- Whether the late payment of channel order $3 was recorded already (as event type $2).
-SELECT EXISTS (SELECT 1 FROM events WHERE payment_id = $1 AND type = $2
-                  AND payload->>'channel_order_id' = $3);
+-- name: refund_record_exists
+-- Whether the operators' record $3 (an internal event type) of refund $2 of payment $1 was
+-- written already.
+SELECT EXISTS (SELECT 1 FROM events WHERE payment_id = $1 AND refund_id = $2 AND type = $3);

@@ -236,7 +236,9 @@ def test_unknown_code_is_unknown() -> None:
 def test_query_states() -> None:
     paid = p.to_result(Call.QUERY, answer("00", order=order("SUCCESS")))
     assert paid.outcome is Outcome.SUCCEEDED
-    assert paid.amount == 1999
+    assert (paid.amount, paid.currency) == (1999, "CNY")
+    in_hkd = p.to_result(Call.QUERY, answer("00", order=order("SUCCESS", currency="HKD")))
+    assert (in_hkd.amount, in_hkd.currency) == (1999, "HKD")  # the order's own, never assumed
     assert paid.paid_at == datetime(2024, 5, 1, 4, 1, tzinfo=UTC)
     processing = p.to_result(Call.QUERY, answer("00", order=order("PROCESSING", "09")))
     assert processing.outcome is Outcome.WAITING and processing.next_action is None
@@ -278,6 +280,10 @@ def refund(status: str) -> dict[str, Any]:
 def test_refund_results() -> None:
     done = p.to_result(Call.REFUND, answer("00", refund=refund("SUCCESS")))
     assert (done.outcome, done.channel_trade_no, done.amount) == (Outcome.SUCCEEDED, "R1", 500)
+    assert done.currency == "CNY"
+    queried = p.to_result(Call.REFUND_QUERY, answer("00", refund=refund("SUCCESS") | {
+        "currency": "USD"}))  # fmt: skip
+    assert (queried.outcome, queried.amount, queried.currency) == (Outcome.SUCCEEDED, 500, "USD")
     waiting = p.to_result(Call.REFUND_QUERY, answer("00", refund=refund("PROCESSING")))
     assert waiting.outcome is Outcome.WAITING
     for code in ("12", "13", "94"):
@@ -310,6 +316,7 @@ def test_notifications_map_to_results() -> None:
         "B1",
         1999,
     )
+    assert (note.result.currency, note.notification_id) == ("CNY", "N1")
     declined = p.notification_to_result(
         pay.model_copy(update={"status": p.OrderStatus.FAILED, "resp_code": "05"}), {}
     )
@@ -333,6 +340,19 @@ def test_notifications_map_to_results() -> None:
     rnote = p.notification_to_result(ref, {})
     assert rnote.kind is NotificationKind.REFUND and rnote.channel_refund_id == "re_1"
     assert rnote.result.outcome is Outcome.SUCCEEDED and rnote.result.amount == 500
+    assert (rnote.result.currency, rnote.notification_id) == ("CNY", "N2")
+
+
+def test_a_notification_is_fresh_within_five_minutes_either_way() -> None:
+    now = 1714536125.0
+    assert p.NOTIFICATION_WINDOW_S == 300
+    assert p.notification_fresh("1714536125", now)
+    assert p.notification_fresh("1714535825", now)  # 300 s old
+    assert p.notification_fresh("1714536425", now)  # 300 s ahead
+    assert not p.notification_fresh("1714535824", now)
+    assert not p.notification_fresh("1714536426", now)
+    for malformed in ("", "-5", "1714536125.0", "１７１４", "9" * 13):
+        assert not p.notification_fresh(malformed, now), malformed
 
 
 def test_amounts_must_be_integers() -> None:

@@ -1,6 +1,7 @@
-"""Migrations 0006 (the columns of 0001-0005) and 0008 (merchants.status) let each status column
-hold exactly its enum's values: the two are compared here, so that a state added to an enum
-without a migration (or the other way round) fails."""
+"""Migration 0006 lets each status column hold exactly its enum's values, and later migrations
+replace a column's constraint when its enum changes (or add one for a new column): the last
+declaration of each column, over the migrations in order, is compared with its enum here, so
+that a state added to an enum without a migration (or the other way round) fails."""
 
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from gateway.domain.states import (
 from gateway.reconcile.matching import Outcome
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "gateway/store/migrations"
-STATUS_MIGRATIONS = ("0006_status_checks.sql", "0008_merchant_status_limits.sql")
-"""The migrations that declare status CHECKs (each one `ALTER TABLE … ADD CONSTRAINT …`)."""
+MIGRATION = MIGRATIONS / "0006_status_checks.sql"
 
 STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("payments", "status"): PaymentStatus,
@@ -34,7 +34,7 @@ STATUS_COLUMNS: dict[tuple[str, str], type[enum.StrEnum]] = {
     ("webhook_endpoints", "status"): EndpointStatus,
     ("merchant_keys", "status"): KeyStatus,
     ("idempotency_keys", "state"): IdempotencyState,
-    ("channel_notifications", "outcome"): NotificationOutcome,
+    ("channel_notification_counts", "outcome"): NotificationOutcome,
     ("reconciliation_runs", "status"): RunStatus,
     ("reconciliation_lines", "outcome"): Outcome,
     ("merchants", "status"): MerchantStatus,
@@ -60,22 +60,43 @@ def declared_checks(sql: str) -> dict[tuple[str, str], set[str]]:
     return found
 
 
-def status_sql() -> str:
-    return "\n".join((MIGRATIONS / name).read_text() for name in STATUS_MIGRATIONS)
+def schema_checks(texts: list[str]) -> dict[tuple[str, str], set[str]]:
+    """The status checks in force after migrations `texts` (in order): a later declaration of a
+    column replaces the earlier one; a dropped table takes its checks with it."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for sql in texts:
+        # nothing the pattern did not read (an inline CHECK of a CREATE TABLE is not read: the
+        # live schema's test, tests/integration/test_schema.py, finds that one)
+        added = re.findall(r"ADD CONSTRAINT \w+\s+CHECK \(\w+ IN \(", sql)
+        assert len(added) == len(declared_checks(sql))
+        found |= declared_checks(sql)
+        for table in re.findall(r"DROP TABLE (\w+)", sql):
+            found = {key: values for key, values in found.items() if key[0] != table}
+    return found
+
+
+def shipped() -> list[str]:
+    return [path.read_text() for path in sorted(MIGRATIONS.glob("*.sql"))]
 
 
 def test_the_migrations_allow_exactly_each_enums_values() -> None:
-    sql = status_sql()
-    declared = declared_checks(sql)
-    # nothing the pattern did not read (0008's other constraint is not a status column's)
-    assert sql.count("ADD CONSTRAINT") - sql.count("ADD CONSTRAINT merchants_rate_limits") == len(
-        declared
-    )
+    declared = schema_checks(shipped())
     assert set(declared) == set(STATUS_COLUMNS)
     for column, states in STATUS_COLUMNS.items():
         assert declared[column] == {s.value for s in states}, column
 
 
 def test_a_drift_is_caught() -> None:
-    sql = status_sql().replace("'failed_over', ", "")
-    assert declared_checks(sql)[("payment_attempts", "status")] != {s.value for s in AttemptStatus}
+    texts = [sql.replace("'failed_over', ", "") for sql in shipped()]
+    assert schema_checks(texts)[("payment_attempts", "status")] != {s.value for s in AttemptStatus}
+
+
+def test_a_later_migration_replaces_an_earlier_check() -> None:
+    later = """ALTER TABLE payments
+    DROP CONSTRAINT payments_status_check,
+    ADD CONSTRAINT payments_status_check
+        CHECK (status IN ('pending', 'succeeded'));"""
+    assert schema_checks([MIGRATION.read_text(), later])[("payments", "status")] == {
+        "pending",
+        "succeeded",
+    }
