@@ -137,6 +137,7 @@ async def test_gateway_serve_exits_naming_the_eviction_policy_to_change(
             GATEWAY_CONFIG_DIR=str(ROOT / "config"),
             GATEWAY_ROUTING_FILE=str(ROOT / "config" / "routing.yaml"),
             GATEWAY_RISK_FILE=str(ROOT / "config" / "risk.yaml"),
+            GATEWAY_ALLOW_DEV_KEYS="true",  # the shipped routing file trusts development keys
             GATEWAY_VAR_DIR=str(tmp_path / "var"),
         )
         result = await asyncio.to_thread(
