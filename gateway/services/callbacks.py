@@ -462,10 +462,16 @@ class CallbackDispatcher:
         if slot.full is not None:
             await self._put_back(delivery, slot.full)
             return
-        try:  # the slot is held for the exchange only, not while its result is written
+        try:
             answer = await self._exchange(delivery, secret, previous)
-        finally:
+        except BaseException:  # cancelled: give the slot back all the same
             await self.slots.release(slot)
+            raise
+        # the slot goes back while the result is written: neither waits for the other (a slow
+        # or absent Redis does not delay the result)
+        await asyncio.gather(self.slots.release(slot), self._answered(delivery, answer))
+
+    async def _answered(self, delivery: ClaimedDelivery, answer: _Answer) -> None:
         metrics.CALLBACK_LATENCY.observe(answer.latency_ms / 1000)
         await self._after(
             delivery,
