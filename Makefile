@@ -85,8 +85,10 @@ lock-upgrade:
 
 # GATEWAY_MASTER_KEY encrypts merchants' secrets in var/pgdata: generated once into
 # var/master.key and reused on every later run, unless the environment or gateway.env sets one.
+# `gateway demo` runs with GATEWAY_ALLOW_DEV_KEYS=true (the development keys and simulators of
+# config/routing.yaml; `gateway serve` refuses them) and keeps var/ readable by this user only.
 run: $(INSTALLED_EMBEDDED)
-	@mkdir -p var
+	@mkdir -p -m 700 var
 	if [ -z "$${GATEWAY_MASTER_KEY:-}" ] && ! grep -qs '^GATEWAY_MASTER_KEY=' gateway.env; then
 	  if [ ! -s var/master.key ]; then
 	    (umask 077 && $(NEW_MASTER_KEY) > var/master.key)

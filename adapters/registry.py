@@ -80,6 +80,10 @@ def _config_errors() -> Iterator[None]:
     except ConfigFieldError as exc:
         raise AdapterConfigError([str(exc)]) from None
     except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc.__cause__, ValidationError):
+            # an adapter that wraps its validation error: the wrapper's text carries the
+            # offending input values, which may be secrets
+            raise AdapterConfigError(_validation_errors(exc.__cause__)) from None
         raise AdapterConfigError([f"(config): {exc}"]) from None
 
 

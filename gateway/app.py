@@ -1,6 +1,12 @@
 """The application factory: settings -> pools (the schema checked, or migrated when
-`migrate_on_start`) -> routing and channels -> services -> routes -> background tasks (the
-dispatcher, the status sync, the routing and risk file polls, SIGHUP)."""
+`migrate_on_start`) -> routing and channels (the files loaded, or refused, audited; the
+production checks on every version of the routing file unless `allow_dev_keys`) -> services
+-> routes -> background tasks (the dispatcher, the status sync, the routing and risk file polls
+and their audit entries, the purges, SIGHUP).
+
+The operators' surface — /admin/…, /console/…, /metrics (`add_internal_routes`) — is served by
+the main application, or, when `internal_port` is set, only by an internal application on
+internal_host:internal_port, started and stopped with the main one and sharing its services."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
@@ -17,7 +24,7 @@ from aiohttp import web
 from adapters.base import AdapterContext
 from adapters.registry import available_simulators, build_simulator
 from adapters.simkit import SimulatorSettings, mount
-from gateway import logs
+from gateway import logs, production
 from gateway.api import admin, merchant, notify, ops
 from gateway.api.context import SERVICES, Services
 from gateway.api.middleware import request_context
@@ -27,6 +34,7 @@ from gateway.channel_health import ChannelHealthStore
 from gateway.http_client import channel_session
 from gateway.risk.engine import RiskEngine
 from gateway.risk.loader import RiskHolder
+from gateway.services import audit
 from gateway.services.callbacks import CallbackDispatcher
 from gateway.services.channels import ChannelRegistry, routing_holder
 from gateway.services.payments import PaymentService
@@ -35,6 +43,7 @@ from gateway.services.sync import StatusSync
 from gateway.settings import Settings
 from gateway.store import idempotency as idempotency_store
 from gateway.store.db import Pool, create_pool, migrate, require_current_schema
+from routing.files import RulesFileError
 
 log = structlog.get_logger("app")
 
@@ -47,12 +56,35 @@ class Endpoints:
     redis_url: str
 
 
+def master_key_box(settings: Settings) -> SecretBox | None:
+    """The secret box of GATEWAY_MASTER_KEY (opening GATEWAY_MASTER_KEY_PREVIOUS's secrets
+    too), None when no master key is set. Raises ValueError naming a malformed key."""
+    if settings.master_key is None:
+        return None
+    previous = settings.master_key_previous
+    return SecretBox(
+        settings.master_key.get_secret_value(),
+        None if previous is None else previous.get_secret_value(),
+    )
+
+
+def add_internal_routes(app: web.Application) -> None:
+    """The operators' surface: what the internal listener serves (API.md §4)."""
+    admin.add_routes(app)
+    ops.add_metrics_route(app)
+
+
+def _application() -> web.Application:
+    return web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+
+
 def create_app(settings: Settings, endpoints: Endpoints) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app = _application()
     merchant.add_routes(app)
     notify.add_routes(app)
     ops.add_routes(app)
-    admin.add_routes(app)
+    if settings.internal_port is None:
+        add_internal_routes(app)
     if settings.simulators:
         sim_settings = SimulatorSettings(
             config_dir=str(settings.config_dir),
@@ -89,17 +121,22 @@ def _lifecycle(
             resources.push_async_callback(redis.aclose)
             http = channel_session()
             resources.push_async_callback(http.close)
-            box = SecretBox(settings.master_key.get_secret_value()) if settings.master_key else None
+            box = master_key_box(settings)
             if box is None:
                 log.warning("master_key_missing", hint="set GATEWAY_MASTER_KEY")
-            holder = routing_holder(settings)
-            channels = ChannelRegistry(
-                holder,
-                AdapterContext(http=http, config_dir=str(settings.config_dir)),
-                ChannelHealthStore(redis, settings.redis_prefix),
-            )
+            guard = None if settings.allow_dev_keys else production.channel_guard(settings)
+            async with _audit_refusal(pool, "routing", settings.routing_file):
+                holder = routing_holder(settings, guard)
+                channels = ChannelRegistry(
+                    holder,
+                    AdapterContext(http=http, config_dir=str(settings.config_dir)),
+                    ChannelHealthStore(redis, settings.redis_prefix),
+                )
             resources.push_async_callback(channels.aclose)
-            risk = RiskEngine(RiskHolder(settings.risk_file), redis, settings.redis_prefix)
+            async with _audit_refusal(pool, "risk", settings.risk_file):
+                risk_holder = RiskHolder(settings.risk_file)
+            risk = RiskEngine(risk_holder, redis, settings.redis_prefix)
+            await audit.record_files_started(pool, [channels.file_watch, risk.file_watch])
             payments = PaymentService(
                 pool,
                 channels,
@@ -134,9 +171,13 @@ def _lifecycle(
                 refunds=refunds,
                 sync=sync,
                 dispatcher=dispatcher,
+                risk=risk,
+                box=box,
             )
+            if settings.internal_port is not None:
+                await resources.enter_async_context(_internal_listener(settings, app[SERVICES]))
             if settings.background:
-                await resources.enter_async_context(_background(settings, app[SERVICES], risk))
+                await resources.enter_async_context(_background(settings, app[SERVICES]))
             log.info(
                 "gateway_started",
                 public_url=settings.effective_public_url,
@@ -149,14 +190,51 @@ def _lifecycle(
 
 
 @contextlib.asynccontextmanager
-async def _background(settings: Settings, svc: Services, risk: RiskEngine) -> AsyncIterator[None]:
+async def _audit_refusal(pool: Pool, kind: str, path: Path) -> AsyncIterator[None]:
+    """Audit a rules file the gateway refuses to start with, then let the refusal through."""
+    try:
+        yield
+    except RulesFileError as exc:
+        try:
+            await audit.record_refused_at_start(pool, kind, str(path), str(exc))
+        except Exception:  # the refusal is what the operator needs to see
+            log.exception("audit_refusal_failed", kind=kind)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _internal_listener(settings: Settings, svc: Services) -> AsyncIterator[None]:
+    """The operators' surface on internal_host:internal_port, for as long as the main app."""
+    internal = _application()
+    add_internal_routes(internal)
+    internal[SERVICES] = svc
+    runner = web.AppRunner(internal, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.internal_host,
+            settings.internal_port,
+            reuse_port=settings.reuse_port or None,
+        )
+        await site.start()
+        log.info("internal_listener_started", address=site.name)
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _background(settings: Settings, svc: Services) -> AsyncIterator[None]:
     """The background workers of this process, and SIGHUP; stopped on the way out."""
     stop = asyncio.Event()
+    risk = svc.risk
     jobs = {
         "callback-dispatcher": svc.dispatcher.run(stop),
         "status-sync": svc.sync.run(stop),
-        "routing": _every(settings.routing_poll_s, stop, _poll(svc.channels, risk)),
+        "routing": _every(settings.routing_poll_s, stop, _poll(svc)),
         "idempotency-purge": _every(300, stop, _purge_idempotency(svc.pool)),
+        "sign-in-purge": _every(300, stop, svc.operators.purge_sign_in_failures),
     }
     tasks = [asyncio.create_task(job, name=name) for name, job in jobs.items()]
     loop = asyncio.get_running_loop()
@@ -176,12 +254,14 @@ async def _background(settings: Settings, svc: Services, risk: RiskEngine) -> As
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _poll(channels: ChannelRegistry, risk: RiskEngine) -> Callable[[], Awaitable[None]]:
-    """The periodic job: re-read the routing and risk files if they changed."""
+def _poll(svc: Services) -> Callable[[], Awaitable[None]]:
+    """The periodic job: re-read the routing and risk files if they changed; audit what was
+    loaded or refused since the last run (SIGHUP's reloads included)."""
 
     async def run() -> None:
-        risk.reload()
-        channels.poll()
+        svc.risk.reload()
+        svc.channels.poll()
+        await audit.flush_file_events(svc.pool, svc.file_watches)
 
     return run
 

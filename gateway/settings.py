@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
 DEFAULT_SYNC_SCHEDULE = (10, 30, 60, 300, 900, 1800, 3600)
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 def _parse_schedule(value: object) -> object:
@@ -46,7 +47,11 @@ def _parse_ports(value: object) -> object:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file="gateway.env", extra="ignore", frozen=True
+        env_prefix="GATEWAY_",
+        env_file="gateway.env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a refused value may be a secret (GATEWAY_ADMIN_TOKEN)
     )
 
     database_url: str | None = None
@@ -67,6 +72,8 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     """32 random bytes, URL-safe base64: encrypts merchants' secrets at rest."""
     admin_token: SecretStr | None = None
+    """A bearer token for `/admin/…` with the `admin` role (the `admin-token` identity): 32
+    characters at least (`openssl rand -hex 32`)."""
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = tuple(
         float(x) for x in DEFAULT_WEBHOOK_RETRY_SCHEDULE
     )
@@ -109,16 +116,69 @@ class Settings(BaseSettings):
     connections between them)."""
     background: bool = True
     """Run the background workers (callback dispatcher, routing reload) in this process."""
+    session_idle_s: float = Field(1800.0, gt=0)
+    """A console session unused this long ends."""
+    session_max_s: float = Field(43200.0, gt=0)
+    """A console session ends this long after its sign-in, however busy."""
+    sign_in_max_failures: int = Field(5, ge=1)
+    """Failed sign-ins to one account (known or not) that lock it for `sign_in_lockout_s`."""
+    sign_in_address_max_failures: int = Field(20, ge=1)
+    """Failed sign-ins from one source address that lock it out for `sign_in_lockout_s`."""
+    sign_in_lockout_s: float = Field(900.0, gt=0)
+    """How long a lock-out lasts, and the window failures are counted in."""
     migrate_on_start: bool = False
     """Apply the pending migrations when the gateway starts (under the migration lock, so
     several processes starting together apply each once). Off: a gateway whose database lacks
     a migration refuses to start, and `gateway migrate` applies them. `gateway serve --migrate`
     and `gateway demo` turn it on."""
 
+    # ---- production safety, the internal listener, master key rotation (API.md §4) ----------
+    allow_dev_keys: bool = False
+    """Let `gateway serve` start (and the routing file load) although it trusts the development
+    keys under config/keys/, points a channel at this gateway's own /sim/, or mounts the
+    simulators on a non-loopback host (`gateway.production`). Development and tests only:
+    `gateway demo` and `make run` set it."""
+    internal_host: str = "127.0.0.1"
+    internal_port: int | None = Field(None, ge=0, le=65535)
+    """When set, /admin/…, /console/… and /metrics are served on internal_host:internal_port
+    only (404 on the main listener); unset, on the main listener."""
+    routing_env_allow: Annotated[frozenset[str] | None, NoDecode] = None
+    """Comma-separated names: the only environment variables `${NAME}` in the routing file may
+    read (with GATEWAY_PUBLIC_URL). Unset: any name outside the gateway's own settings
+    (`routing.loader.RoutingEnv`)."""
+    master_key_previous: SecretStr | None = None
+    """The master key before the last `gateway master-key rotate`: secrets sealed under it
+    (by a process still running with it during the rotation) still open. Unset it once every
+    process runs with the new key and a second rotate has re-sealed those."""
+
+    @field_validator("routing_env_allow", mode="before")
+    @classmethod
+    def _parse_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_internal_port(self) -> Settings:
+        if self.internal_port is not None and self.internal_port == self.port != 0:
+            raise ValueError("GATEWAY_INTERNAL_PORT must differ from GATEWAY_PORT")
+        return self
+
     _check_schedules = field_validator("webhook_retry_schedule", "sync_schedule", mode="before")(
         _parse_schedule
     )
     _check_ports = field_validator("callback_allowed_ports", mode="before")(_parse_ports)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            # the message names the rule, never the value
+            raise ValueError(
+                f"GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
     @property
     def effective_public_url(self) -> str:

@@ -175,11 +175,12 @@ V = TypeVar("V", bound=_Versioned)
 class FileHolder(Generic[V]):
     """Rules from a file, swapped atomically when the file changes to a valid version.
 
-    `load(path)` reads and parses the file and `parse(raw, path)` parses bytes already read;
-    both raise `RulesFileError` (or a subclass). Construction loads the file and raises if it
-    is missing or invalid (refuse to start). Readers take `holder.current` once per decision;
-    `reload()` replaces that reference in one assignment, so a decision always sees one whole
-    version.
+    `load(path)` reads and parses the file and `parse(raw, path)` parses bytes already read
+    (construction parses what it read, and calls `load` only for the error of a file it could
+    not read); both raise `RulesFileError` (or a subclass). Construction loads the file and
+    raises if it is missing or invalid (refuse to start). Readers take `holder.current` once
+    per decision; `reload()` replaces that reference in one assignment, so a decision always
+    sees one whole version.
     """
 
     def __init__(
@@ -191,7 +192,14 @@ class FileHolder(Generic[V]):
         self.path = Path(path)
         self._parse = parse
         self._lock = threading.Lock()
-        self._current = load(self.path)
+        try:
+            raw: bytes | None = self.path.read_bytes()
+        except OSError:
+            raw = None  # `load` raises its own error, naming the file
+        self._current = load(self.path) if raw is None else parse(raw, self.path)
+        self.last_read = raw
+        """The file's bytes as last read (at construction or by `reload`), whether they were
+        loaded or refused; None when it could not be read (the gateway audits each)."""
         self._refused: str | None = None
         self.last_error: str | None = None
         """The latest refusal (kept after a later success: see `stale`)."""
@@ -223,8 +231,9 @@ class FileHolder(Generic[V]):
             if force:
                 self._refused = None
             try:
-                raw = self.path.read_bytes()
+                raw = self.last_read = self.path.read_bytes()
             except OSError as exc:
+                self.last_read = None
                 message = f"(file): cannot read {self.path}: {exc.strerror or exc}"
                 self._refuse(f"oserror:{message}", message)
                 return False

@@ -1,4 +1,5 @@
-"""Reading the routing file: YAML (duplicate keys refused), `${NAME}` expansion, validation —
+"""Reading the routing file: YAML (duplicate keys refused), `${NAME}` expansion (never of the
+gateway's own settings: `RoutingEnv`), validation —
 the schema, the checks across the file, and a check of each channel's adapter settings that the
 caller injects (the gateway's: `config:` and key files, through its adapter) — and the holder
 that swaps in a changed file atomically or keeps the old rules.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from routing.schema import ChannelConfig, RoutingConfig, semantic_errors, semant
 __all__ = [
     "ChannelCheck",
     "LoadedRouting",
+    "RoutingEnv",
     "RoutingError",
     "RoutingHolder",
     "expand_env",
@@ -63,10 +65,55 @@ class LoadedRouting:
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+ALWAYS_ALLOWED = frozenset({"GATEWAY_PUBLIC_URL"})
+"""Names every routing file may read: the shipped one points its channels at
+`${GATEWAY_PUBLIC_URL}/sim/…`."""
+NEVER_ALLOWED = frozenset({"PGPASSWORD", "PGPASSFILE"})
+"""The database driver's own credentials (asyncpg reads them like libpq), never for a file
+whose values are sent to channels."""
+_GATEWAY_SETTINGS = "GATEWAY_"
+
+
+class RoutingEnv(Mapping[str, str]):
+    """The environment variables `${NAME}` in a routing file may read, and the rule on names.
+
+    A routing file's values are sent to channels (`base_url`, account ids), so it must not
+    read the gateway's own settings: its master key, admin token, database and Redis URLs
+    (every `GATEWAY_*` name but GATEWAY_PUBLIC_URL), nor the driver's credentials. Every other
+    name may be read — or, with `allow` (GATEWAY_ROUTING_ENV_ALLOW), only those names (and
+    GATEWAY_PUBLIC_URL); the gateway's own settings are refused even when listed. A refused
+    name is refused whether it is set or not, and its value is never read."""
+
+    def __init__(self, values: Mapping[str, str], allow: Collection[str] | None = None) -> None:
+        self._values = dict(values)
+        self._allow = None if allow is None else frozenset(allow)
+
+    def refusal(self, name: str) -> str | None:
+        """Why `name` may not be read, or None when it may."""
+        if name in ALWAYS_ALLOWED:
+            return None
+        if name.startswith(_GATEWAY_SETTINGS) or name in NEVER_ALLOWED:
+            return "is the gateway's own setting; a routing file may not read it"
+        if self._allow is not None and name not in self._allow:
+            return "is not among the names GATEWAY_ROUTING_ENV_ALLOW allows"
+        return None
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
 
 def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
     """Replace `${NAME}` (or `${NAME:-fallback}`) in every string value with the variable's
-    value; `$${NAME}` is a literal `${NAME}`. Returns (expanded data, errors)."""
+    value; `$${NAME}` is a literal `${NAME}`. Names are checked by `env`'s rule when it is a
+    `RoutingEnv`, else by the default one. Returns (expanded data, errors); an error names a
+    refused variable, never its value."""
+    screened = env if isinstance(env, RoutingEnv) else RoutingEnv(env)
     errors: list[str] = []
     if isinstance(data, str):
         where = path or "(top)"
@@ -75,8 +122,12 @@ def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, 
             escaped, name, fallback = match.group(1), match.group(2), match.group(3)
             if escaped:
                 return match.group(0)[1:]
-            if name in env:
-                return env[name]
+            refusal = screened.refusal(name)
+            if refusal is not None:
+                errors.append(f"{where}: environment variable {name} {refusal}")
+                return match.group(0)
+            if name in screened:
+                return screened[name]
             if fallback is not None:
                 return fallback
             errors.append(f"{where}: environment variable {name} is not set")
@@ -91,13 +142,13 @@ def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, 
         result = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else str(key)
-            result[key], found = expand_env(value, env, sub)
+            result[key], found = expand_env(value, screened, sub)
             errors += found
         return result, errors
     if isinstance(data, list):
         items = []
         for index, value in enumerate(data):
-            item, found = expand_env(value, env, f"{path}[{index}]")
+            item, found = expand_env(value, screened, f"{path}[{index}]")
             items.append(item)
             errors += found
         return items, errors

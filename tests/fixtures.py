@@ -126,6 +126,7 @@ def make_settings(port: int, redis_prefix: str, **overrides: Any) -> Settings:
         "routing_poll_s": 0.2,
         "db_pool_max": 30,
         "log_json": True,
+        "allow_dev_keys": True,  # the shipped routing file trusts the development keys
     }
     values.update(overrides)
     return Settings(**values)

@@ -15,14 +15,14 @@ attempts, the retry and unknown-outcome rules), which is told what it needs of A
   again on calls on an existing trade; a precreate answered so fails over at once (nothing
   was created, and the QR code of a half-made pre-order was never shown to anyone);
 - Alipay answers everything that reached it with HTTP 200, so another status is the front
-  door's, before anything was done (`RULES.errors_before_processing`).
+  door's: a 4xx turned the request away, a 5xx may have come after Alipay acted.
 
 Outcomes: precreate gives WAITING with `next_action` `{"type": "qr_code", "url": qr_code}`;
 a refusal is FAILED + FINAL (or SYSTEM_ERROR + FAILOVER for errors that mean this channel's
-configuration or limits, see `protocol.ERROR_TABLE`); 20000 / refused connection / HTTP error
-before an order exists is SYSTEM_ERROR + FAILOVER; a timeout or a connection dropped after
-sending is UNKNOWN (never failed over); a response whose signature is missing or wrong is
-UNKNOWN with channel_code `INVALID_SIGNATURE`, and logged.
+configuration or limits, see `protocol.ERROR_TABLE`); 20000 / refused connection / an unsigned
+4xx or 429 before an order exists is SYSTEM_ERROR + FAILOVER; a timeout, a connection dropped
+after sending or an unsigned 5xx is UNKNOWN (never failed over); a response whose signature is
+missing or wrong is UNKNOWN with channel_code `INVALID_SIGNATURE`, and logged.
 """
 
 from __future__ import annotations

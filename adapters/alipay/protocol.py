@@ -516,10 +516,10 @@ RULES = ChannelRules(
         Failure.BAD_SIGNATURE: INVALID_SIGNATURE,
         Failure.BAD_ANSWER: "BAD_RESPONSE",
     },
-    # gateway.do answers every call that reached the open platform with HTTP 200 and a JSON
-    # envelope, errors included ("HTTP status is 200 for all of them", above): another status
-    # comes from in front of the platform, before anything was done.
-    errors_before_processing=True,
+    # gateway.do answers every call that reached the open platform with HTTP 200 ("HTTP status
+    # is 200 for all of them", above), so another status comes from in front of it; but a 5xx
+    # there (a 502 or 504 from a proxy that passed the request on) may come after the platform
+    # acted, so it is judged like any channel's unsigned 5xx.
 )
 """What the adapter kernel asks of this channel."""
 

@@ -586,14 +586,15 @@ def _message(fields: Mapping[str, str], key: str = "respMsg") -> str | None:
 
 def create_result(fields: Mapping[str, str]) -> ChannelResult:
     """The answer to a QR-code application (01/07). Processing codes and a duplicate come
-    back UNKNOWN: the order may exist, and only a query can tell (the adapter asks)."""
+    back UNKNOWN + RETRY: the order may exist, and only a later query can tell (the status
+    sync asks)."""
     code = fields.get("respCode", "")
     raw = dict(fields)
     if code == SUCCESS:
         qr = fields.get("qrCode", "")
         if not qr:
             return ChannelResult(
-                Outcome.UNKNOWN, Decision.FINAL, code, "success without a qrCode", raw=raw
+                Outcome.UNKNOWN, Decision.RETRY, code, "success without a qrCode", raw=raw
             )
         return ChannelResult(
             Outcome.WAITING,
@@ -605,7 +606,7 @@ def create_result(fields: Mapping[str, str]) -> ChannelResult:
             raw=raw,
         )
     if code in PROCESSING_CODES or code == DUPLICATE:
-        return ChannelResult(Outcome.UNKNOWN, Decision.FINAL, code, _message(fields), raw=raw)
+        return ChannelResult(Outcome.UNKNOWN, Decision.RETRY, code, _message(fields), raw=raw)
     return refusal(code, _message(fields), raw)
 
 

@@ -207,6 +207,9 @@ class WechatSimulator:
 
     def _api(self, handler: ApiHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
+            # read the body before any injected delay: a caller that gives up meanwhile
+            # must not make the request vanish (the channel acts on what it received)
+            await request.read()
             action = await self.core.inject()
             if action is FaultAction.ERROR:
                 return self._error(p.SYSTEM_ERROR, "系统错误")

@@ -1,9 +1,11 @@
-"""Request ids, RFC 9457 problem answers for every error, metrics and timing."""
+"""Request ids, RFC 9457 problem answers for every error, metrics and timing; and who an
+operators' request comes from (`operator_identity`: a bearer token or a console session)."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
@@ -11,8 +13,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import logs, metrics, timing
+from gateway.api.context import services
 from gateway.api.problems import error_response, problem_response
 from gateway.domain.errors import GatewayError, ServiceUnavailable
+from gateway.domain.permissions import Identity
+from gateway.domain.records import OperatorSession
+from gateway.services.operators import SESSION_COOKIE
 
 log = structlog.get_logger("http")
 
@@ -34,7 +40,7 @@ idempotent by merchant_order_id / merchant_refund_id and Idempotency-Key)."""
 
 _HTTP_CODES = {
     400: "invalid_request",
-    401: "unauthorized",
+    401: "unauthenticated",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -91,3 +97,43 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.REQUESTS.labels(route=route, method=request.method, status=str(response.status)).inc()
     metrics.REQUEST_LATENCY.labels(route=route).observe(elapsed)
     return response
+
+
+# ---- operators' identities ------------------------------------------------------------------
+
+CSRF_HEADER = "X-CSRF-Token"
+"""A change made with a console session (not a bearer token) carries the session's CSRF token
+here (or, from the console's forms, in a `csrf_token` field the console checks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRequest:
+    identity: Identity
+    session: OperatorSession | None
+    """The console session it came with (None for a bearer token)."""
+
+
+def source_ip(request: web.Request) -> str | None:
+    """The peer's address (a proxy in front must be trusted to be the peer named here)."""
+    return request.remote
+
+
+async def operator_identity(request: web.Request) -> OperatorRequest | None:
+    """Who an operators' request comes from: `Authorization: Bearer <token>` (an operator
+    token or GATEWAY_ADMIN_TOKEN), else the console's session cookie. None when there is no
+    identity or an unknown, revoked, expired or disabled one."""
+    operators = services(request).operators
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        identity = await operators.bearer_identity(token.strip())
+        return None if identity is None else OperatorRequest(identity, None)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None:
+        return None
+    session = await operators.live_session(cookie)
+    if session is None:
+        return None
+    return OperatorRequest(operators.session_identity_of(session), session)

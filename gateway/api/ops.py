@@ -40,5 +40,9 @@ async def openapi(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
+
+
+def add_metrics_route(app: web.Application) -> None:
+    """/metrics: on the internal listener when there is one (`gateway.app`)."""
+    app.router.add_get("/metrics", metrics_endpoint)

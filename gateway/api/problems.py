@@ -13,6 +13,7 @@ from gateway.domain.errors import (
     ChannelUnavailable,
     Conflict,
     FieldError,
+    Forbidden,
     GatewayError,
     IdempotencyKeyReused,
     InvalidRequest,
@@ -23,7 +24,7 @@ from gateway.domain.errors import (
     PayloadTooLarge,
     RiskRejected,
     ServiceUnavailable,
-    Unauthorized,
+    Unauthenticated,
     UnsupportedMediaType,
 )
 from gateway.domain.models import Problem
@@ -32,7 +33,8 @@ STATUS: dict[type[GatewayError], int] = {
     InvalidRequest: 400,
     MalformedJson: 400,
     AuthFailed: 401,
-    Unauthorized: 401,
+    Unauthenticated: 401,
+    Forbidden: 403,
     RiskRejected: 403,
     NotFound: 404,
     InvalidState: 409,
@@ -82,7 +84,7 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
     headers: dict[str, str] = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
-    if isinstance(error, Unauthorized) and error.challenge is not None:
+    if isinstance(error, Unauthenticated) and error.challenge is not None:
         headers["WWW-Authenticate"] = error.challenge
     return problem_response(
         status_of(error),

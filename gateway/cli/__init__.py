@@ -1,7 +1,8 @@
 """The `gateway` command line (API.md §4): `main` and its parser. Each command group is a module
 of this package with a `register(subparsers)` — `serve` (serve, demo, simulators), `migrate`,
-`merchant`, `routes`, `reconcile` (reconcile, settlement) — and what they share is in
-`gateway.cli.context`."""
+`merchant`, `master_key` (master-key rotate), `routes`, `reconcile` (reconcile, settlement),
+`operator` (accounts and tokens), `audit` (verify) — and what they share is in
+`gateway.cli.context`. Every command that changes something is audited as `cli:<os user>`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from gateway.cli import merchant, migrate, reconcile, routes, serve
+from gateway.cli import audit, master_key, merchant, migrate, operator, reconcile, routes, serve
 
 __all__ = ["build_parser", "main"]
 
@@ -20,8 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     migrate.register(sub)
     merchant.register(sub)
+    master_key.register(sub)
     routes.register(sub)
     reconcile.register(sub)
+    operator.register(sub)
+    audit.register(sub)
     return parser
 
 

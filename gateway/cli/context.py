@@ -50,29 +50,34 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
 
 
 def secret_box(settings: Settings) -> SecretBox:
-    """The box that seals merchants' secrets, or exit naming GATEWAY_MASTER_KEY."""
-    from gateway.auth.secretbox import SecretBox
+    """The box that seals merchants' secrets (and opens those sealed under
+    GATEWAY_MASTER_KEY_PREVIOUS too), or exit naming the setting that is wrong."""
+    from gateway.app import master_key_box
 
-    if settings.master_key is None:
-        raise SystemExit("gateway: GATEWAY_MASTER_KEY is not set (32 bytes, URL-safe base64)")
     try:
-        return SecretBox(settings.master_key.get_secret_value())
+        box = master_key_box(settings)
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}") from None
+    if box is None:
+        raise SystemExit("gateway: GATEWAY_MASTER_KEY is not set (32 bytes, URL-safe base64)")
+    return box
 
 
 async def with_pool(settings: Settings, job: Callable[[Pool], Awaitable[T]]) -> T:
-    """Run `job` with a small pool on the gateway's database, migrated first (a one-shot
-    command brings the schema up to date as it always has; `gateway serve` does not)."""
+    """Run `job` with a small pool on the gateway's database, migrated first when it lacks a
+    migration (a one-shot command brings the schema up to date as it always has; `gateway
+    serve` does not). A database already up to date is not touched, so the commands also run
+    as the gateway's own role (`gateway_app`), which may not migrate."""
     from gateway import logs
-    from gateway.store.db import create_pool, migrate
+    from gateway.store.db import create_pool, migrate, pending_migrations
 
     logs.bind_job()  # a command is one job (run by asyncio.run: a context of its own)
     endpoints = resolve_endpoints(settings)
     pool = await create_pool(endpoints.database_url, 1, 2)
     try:
         async with pool.acquire() as conn:
-            await migrate(conn)
+            if await pending_migrations(conn):
+                await migrate(conn)
         return await job(pool)
     finally:
         await pool.close()

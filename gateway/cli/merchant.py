@@ -1,4 +1,5 @@
-"""`gateway merchant create | rotate-key | revoke-key | rotate-webhook-secret` (API.md §4)."""
+"""`gateway merchant create | rotate-key | revoke-key | rotate-webhook-secret` (API.md §4), each
+audited as `cli:<os user>`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rotate.add_argument("--json", action="store_true")
     revoke = msub.add_parser("revoke-key", help="revoke a key")
     revoke.add_argument("--key-id", required=True)
+    revoke.add_argument("--reason", help="why (kept in the audit log)")
     webhook = msub.add_parser(
         "rotate-webhook-secret",
         help="issue a new webhook secret; the old one also signs during a grace period",
@@ -59,29 +61,43 @@ def _read_public_key(path: str | None) -> str | None:
 def cmd_merchant(args: argparse.Namespace) -> int:
     from gateway.auth.signature import KeyType
     from gateway.services import merchants
+    from gateway.services.audit import cli_actor
     from gateway.services.webhook_secrets import rotate_webhook_secret
 
     settings = load_settings()
     box = secret_box(settings)
+    actor = cli_actor()
 
     async def create(pool: Pool) -> None:
         issued, webhook_secret = await merchants.create_merchant(
-            pool, box, args.name, KeyType(args.key_type), _read_public_key(args.public_key)
+            pool,
+            box,
+            args.name,
+            KeyType(args.key_type),
+            _read_public_key(args.public_key),
+            audit_as=actor,
         )
         print_record({**issued.as_dict(), "webhook_secret": webhook_secret}, args.json)
 
     async def rotate(pool: Pool) -> None:
         issued = await merchants.rotate_key(
-            pool, box, args.merchant, KeyType(args.key_type), _read_public_key(args.public_key)
+            pool,
+            box,
+            args.merchant,
+            KeyType(args.key_type),
+            _read_public_key(args.public_key),
+            audit_as=actor,
         )
         print_record(issued.as_dict(), args.json)
 
     async def revoke(pool: Pool) -> None:
-        await merchants.revoke_key(pool, args.key_id)
+        await merchants.revoke_key(pool, args.key_id, audit_as=actor, reason=args.reason)
         print(f"revoked {args.key_id}")
 
     async def rotate_webhook(pool: Pool) -> None:
-        rotated = await rotate_webhook_secret(pool, box, args.merchant, args.grace_hours)
+        rotated = await rotate_webhook_secret(
+            pool, box, args.merchant, args.grace_hours, audit_as=actor
+        )
         print_record(rotated.as_dict(), args.json)
 
     jobs: dict[str, Callable[[Pool], Awaitable[None]]] = {

@@ -1,4 +1,5 @@
-"""`gateway migrate`: apply the database migrations not yet applied."""
+"""`gateway migrate`: apply the database migrations not yet applied (audited as
+`cli:<os user>` when it applied any)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.services import audit
     from gateway.store.db import create_pool, migrate
 
     settings = load_settings()
@@ -22,7 +24,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         pool = await create_pool(endpoints.database_url, 1, 1)
         try:
             async with pool.acquire() as conn:
-                return await migrate(conn)
+                applied = await migrate(conn)
+            if applied:  # the audit log exists from 0009 on
+                await audit.record_alone(
+                    pool, audit.cli_actor(), "schema.migrate", after={"applied": applied}
+                )
+            return applied
         finally:
             await pool.close()
 

@@ -93,10 +93,19 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                     pool, adapter, args.date, lookup_channels=siblings, progress=progress
                 )
             except service.ReconcileError as exc:
+                await _audit_run(pool, args.channel, args.date, exc.run_id, {"error": str(exc)})
                 print(f"gateway: reconcile failed (run {exc.run_id}): {exc}", file=sys.stderr)
                 return 1
             finally:
                 await adapter.aclose()
+        counts = report.as_dict()
+        await _audit_run(
+            pool,
+            args.channel,
+            args.date,
+            report.run_id,
+            {k: counts[k] for k in ("statement_lines", "our_records", "replaced")},
+        )
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))
         else:
@@ -120,6 +129,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if result != 0 and args.csv:
         Path(args.csv).unlink(missing_ok=True)
     return result
+
+
+async def _audit_run(
+    pool: Pool, channel: str, day: date, run_id: str, outcome: dict[str, Any]
+) -> None:
+    """The run as the command line's action (written after it: the run commits on its own)."""
+    from gateway.services import audit
+
+    await audit.record_alone(
+        pool,
+        audit.cli_actor(),
+        "reconciliation.run",
+        f"reconciliation_run:{run_id}",
+        after={"channel": channel, "date": day.isoformat(), **outcome},
+    )
 
 
 def cmd_settlement(args: argparse.Namespace) -> int:

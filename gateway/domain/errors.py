@@ -31,7 +31,8 @@ TITLES: dict[str, str] = {
     "channel_unavailable": "Channel unavailable",
     "refund_exceeds_amount": "Refund exceeds amount",
     "service_unavailable": "Service unavailable",
-    "unauthorized": "Unauthorized",
+    "unauthenticated": "Unauthenticated",
+    "forbidden": "Forbidden",
     "internal_error": "Internal error",
 }
 """Every code an error answer may carry, with its problem `title`."""
@@ -103,15 +104,32 @@ class AuthFailed(GatewayError):
         self.code = code
 
 
-class Unauthorized(GatewayError):
-    """An operators' request without a valid bearer token."""
+class Unauthenticated(GatewayError):
+    """An operators' request with no identity, or an unknown, revoked or disabled one."""
 
-    code = "unauthorized"
+    code = "unauthenticated"
 
     def __init__(self, detail: str, *, challenge: str | None = None) -> None:
         super().__init__(detail)
         self.challenge = challenge
         """The authentication scheme to ask for (WWW-Authenticate), if any."""
+
+
+class SignInRefused(Unauthenticated):
+    """A console sign-in that did not succeed: wrong email or password (never said which), a
+    disabled account, or too many failures lately (then `retry_after_s` says when to try
+    again)."""
+
+    def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class Forbidden(GatewayError):
+    """An operator whose role does not hold the permission asked for (or a console change
+    without its session's CSRF token)."""
+
+    code = "forbidden"
 
 
 class NotFound(GatewayError):

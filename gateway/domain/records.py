@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from gateway.domain.permissions import Role
 from gateway.domain.states import (
     AttemptStatus,
     DeliveryStatus,
     EndpointStatus,
     IdempotencyState,
+    KeyStatus,
     PaymentStatus,
     RefundStatus,
     RunStatus,
@@ -466,3 +468,82 @@ class RefundGroup:
     currency: str
     count: int
     amount: int
+
+
+# ---- operators, their sessions and the sign-in throttle -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """A person's account (API.md §4.1)."""
+
+    id: str
+    email: str
+    role: Role
+    password_hash: str
+    """argon2id, as a PHC string."""
+    created_at: datetime
+    disabled_at: datetime | None
+    last_sign_in_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorToken:
+    """A service's token: only the SHA-256 of the token itself is kept."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSession:
+    """A live console session and its operator."""
+
+    id: str
+    operator: Operator
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+    """Its absolute end; it also ends after an idle time and when the operator signs out."""
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignInCounter:
+    """Failed sign-ins of one key (an account or a source address) in the current window."""
+
+    key: str
+    failures: int
+    first_at: datetime
+    last_at: datetime
+    locked_until: datetime | None
+    now: datetime
+    """The database's clock when it was read."""
+
+
+# ---- what operators see of merchants -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantSummary:
+    id: str
+    name: str
+    created_at: datetime
+    active_keys: int
+    previous_webhook_secret_expires_at: datetime | None
+    """While a rotated webhook secret still signs beside the new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantKeyInfo:
+    """A merchant's key without its secret or public key."""
+
+    id: str
+    merchant_id: str
+    key_type: KeyType
+    status: KeyStatus
+    created_at: datetime
+    revoked_at: datetime | None

@@ -1,5 +1,6 @@
 """The risk check a payment passes before routing: the rules in force (hot-reloaded), applied to
-the request, with the counters in Redis.
+the request, with the counters in Redis. Each load and refusal of the file is noted in
+`file_watch`, for the audit log.
 
 A refusal raises `RiskRejected` naming the rule (the merchant gets 403 `risk_rejected` with
 `"rule": "<name>"` in the problem); it creates nothing, is logged (`risk_rejected`) and counted
@@ -21,6 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.domain.audit import FileWatch
 from gateway.domain.errors import RiskRejected, ServiceUnavailable
 from gateway.domain.models import CreatePaymentRequest
 from gateway.risk.counters import RiskCounters
@@ -34,12 +36,15 @@ class RiskEngine:
     def __init__(self, holder: RiskHolder, redis: aioredis.Redis, prefix: str) -> None:
         self.holder = holder
         self.counters = RiskCounters(redis, prefix)
+        self.file_watch = FileWatch("risk", holder)
+        """What this process loads and refuses, for the audit log."""
         log.info("risk_rules_loaded", path=str(holder.path), version=holder.current.version)
 
     def reload(self) -> bool:
         """Re-read the risk file (see `RiskHolder.reload`); log and count what happened."""
         before = self.holder.reload_failures
         changed = self.holder.reload()
+        self.file_watch.poll()
         if changed:
             log.info("risk_rules_reloaded", version=self.holder.current.version)
         if self.holder.reload_failures > before:

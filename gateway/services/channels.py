@@ -8,7 +8,8 @@ files loaded) — `channel_check` is the check `routing` is given, on exactly th
 the adapter is built from (`adapter_config`). A reload then builds the adapters of new and
 changed channels BEFORE the new rules are swapped in: any error refuses the whole file, and the
 rules and adapters in force keep serving. A replaced adapter is closed once the calls that may
-still hold it are over (`RETIRED_ADAPTER_MARGIN_S` past its own per-call budget).
+still hold it are over (`RETIRED_ADAPTER_MARGIN_S` past its own per-call budget). Each load
+and refusal is noted in `file_watch`, for the audit log.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ from adapters.base import AdapterContext, ChannelAdapter
 from adapters.registry import AdapterConfigError, build_adapter, check_config
 from gateway import metrics
 from gateway.channel_health import ChannelHealthStore
+from gateway.domain.audit import FileWatch
 from gateway.settings import Settings
 from routing.engine import PaymentFacts, RouteDecision, route
 from routing.health import HEALTHY, BreakerState, ChannelHealth, SuccessStats, effective_state
-from routing.loader import ChannelCheck, LoadedRouting, RoutingError, RoutingHolder, load_routing
+from routing.loader import (
+    ChannelCheck,
+    LoadedRouting,
+    RoutingEnv,
+    RoutingError,
+    RoutingHolder,
+    load_routing,
+)
 from routing.schema import ChannelConfig
 
 HEALTH_CACHE_S = 0.25
@@ -50,12 +59,13 @@ log = structlog.get_logger("channels")
 # ---- the configuration pipeline ---------------------------------------------------------------
 
 
-def routing_env(settings: Settings) -> dict[str, str]:
+def routing_env(settings: Settings) -> RoutingEnv:
     """The variables `${NAME}` in the routing file expand from: the environment, with
-    GATEWAY_PUBLIC_URL defaulting to this gateway's public URL."""
+    GATEWAY_PUBLIC_URL defaulting to this gateway's public URL, less the names the file may
+    not read (the gateway's own settings; GATEWAY_ROUTING_ENV_ALLOW narrows it further)."""
     env = dict(os.environ)
     env.setdefault("GATEWAY_PUBLIC_URL", settings.effective_public_url)
-    return env
+    return RoutingEnv(env, settings.routing_env_allow)
 
 
 def adapter_config(channel: ChannelConfig) -> dict[str, Any]:
@@ -95,12 +105,17 @@ def channel_check(config_dir: str) -> ChannelCheck:
     return check
 
 
-def routing_holder(settings: Settings) -> RoutingHolder:
-    """The routing rules in force, validated (channels' adapter settings included) at start
-    and on every reload. Raises RoutingError when the file is invalid (refuse to start)."""
-    return RoutingHolder(
-        settings.routing_file, routing_env(settings), channel_check(str(settings.config_dir))
-    )
+def routing_holder(settings: Settings, guard: ChannelCheck | None = None) -> RoutingHolder:
+    """The routing rules in force, validated (channels' adapter settings included, then
+    `guard` on the channels that pass: the production checks) at start and on every reload.
+    Raises RoutingError when the file is invalid (refuse to start)."""
+    adapter_check = channel_check(str(settings.config_dir))
+
+    def check(name: str, channel: ChannelConfig) -> list[str]:
+        problems = list(adapter_check(name, channel))
+        return problems or ([] if guard is None else list(guard(name, channel)))
+
+    return RoutingHolder(settings.routing_file, routing_env(settings), check)
 
 
 def load_routing_file(settings: Settings) -> LoadedRouting:
@@ -140,6 +155,8 @@ class ChannelRegistry:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
         self._shown_version: str | None = None
+        self.file_watch = FileWatch("routing", holder)
+        """What this process loads and refuses, for the audit log."""
         self._install(self._build_changed(holder.current))
         self._show_version()
 
@@ -167,6 +184,7 @@ class ChannelRegistry:
 
         failures = self.holder.reload_failures
         changed = self.holder.reload(force=force, prepare=prepare)
+        self.file_watch.poll()
         if changed:
             self._install(staged)
             self._show_version()

@@ -1,4 +1,6 @@
-"""Merchants and their keys: creation, rotation (two active keys at most), revocation."""
+"""Merchants and their keys: creation, rotation (two active keys at most), revocation. Given
+`audit_as`, each change is written to the audit log in its own transaction (the command line
+and the admin API always give it; tests' set-up may not)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from gateway.auth.signature import load_public_key
 from gateway.domain.errors import InvalidRequest
 from gateway.domain.ids import new_id
 from gateway.domain.records import KeyType
+from gateway.services import audit
+from gateway.services.audit import Actor
 from gateway.store import merchants as store
 from gateway.store.db import Pool
 
@@ -62,7 +66,13 @@ def _key_material(
 
 
 async def create_merchant(
-    pool: Pool, box: SecretBox, name: str, key_type: KeyType, public_key_pem: str | None
+    pool: Pool,
+    box: SecretBox,
+    name: str,
+    key_type: KeyType,
+    public_key_pem: str | None,
+    *,
+    audit_as: Actor | None = None,
 ) -> tuple[IssuedKey, str]:
     if not name.strip() or len(name) > 128:
         raise MerchantError("--name must be 1 to 128 characters")
@@ -73,11 +83,25 @@ async def create_merchant(
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_merchant(conn, merchant_id, name, box.seal(webhook_secret, merchant_id))
         await store.insert_key(conn, key_id, merchant_id, key_type, secret_enc, pem)
+        if audit_as is not None:
+            await audit.record(
+                conn,
+                audit_as,
+                "merchant.create",
+                f"merchant:{merchant_id}",
+                after={"name": name, "key_id": key_id, "key_type": key_type.value},
+            )
     return IssuedKey(merchant_id, key_id, key_type.value, secret), webhook_secret
 
 
 async def rotate_key(
-    pool: Pool, box: SecretBox, merchant_id: str, key_type: KeyType, public_key_pem: str | None
+    pool: Pool,
+    box: SecretBox,
+    merchant_id: str,
+    key_type: KeyType,
+    public_key_pem: str | None,
+    *,
+    audit_as: Actor | None = None,
 ) -> IssuedKey:
     key_id = new_id("key")
     secret_enc, pem, secret = _key_material(box, key_id, key_type, public_key_pem)
@@ -90,10 +114,30 @@ async def rotate_key(
                 " revoke one first (gateway merchant revoke-key --key-id …)"
             )
         await store.insert_key(conn, key_id, merchant_id, key_type, secret_enc, pem)
+        if audit_as is not None:
+            await audit.record(
+                conn,
+                audit_as,
+                "merchant.key_rotate",
+                f"merchant:{merchant_id}",
+                after={"key_id": key_id, "key_type": key_type.value},
+            )
     return IssuedKey(merchant_id, key_id, key_type.value, secret)
 
 
-async def revoke_key(pool: Pool, key_id: str) -> None:
-    async with pool.acquire() as conn:
+async def revoke_key(
+    pool: Pool, key_id: str, *, audit_as: Actor | None = None, reason: str | None = None
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
         if not await store.revoke_key(conn, key_id):
             raise MerchantError(f"no active key {key_id}")
+        if audit_as is not None:
+            await audit.record(
+                conn,
+                audit_as,
+                "merchant.key_revoke",
+                f"key:{key_id}",
+                before={"status": "active"},
+                after={"status": "revoked"},
+                reason=reason,
+            )

@@ -11,6 +11,8 @@ from datetime import datetime
 
 from gateway.auth.secretbox import SecretBox
 from gateway.domain.models import rfc3339
+from gateway.services import audit
+from gateway.services.audit import Actor
 from gateway.services.merchants import MerchantError, new_webhook_secret
 from gateway.store import merchants as store
 from gateway.store.db import Pool
@@ -33,7 +35,12 @@ class RotatedSecret:
 
 
 async def rotate_webhook_secret(
-    pool: Pool, box: SecretBox, merchant_id: str, grace_hours: float
+    pool: Pool,
+    box: SecretBox,
+    merchant_id: str,
+    grace_hours: float,
+    *,
+    audit_as: Actor | None = None,
 ) -> RotatedSecret:
     """Give the merchant a new webhook secret; the current one keeps signing (beside the new
     one) for `grace_hours` (0: it stops at once). A rotation within a grace period drops the
@@ -41,10 +48,18 @@ async def rotate_webhook_secret(
     if not 0 <= grace_hours <= MAX_GRACE_HOURS:
         raise MerchantError(f"--grace-hours must be 0 to {MAX_GRACE_HOURS}")
     secret = new_webhook_secret()
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         found, expires = await store.rotate_webhook_secret(
             conn, merchant_id, box.seal(secret, merchant_id), grace_hours * 3600
         )
-    if not found:
-        raise MerchantError(f"no merchant {merchant_id}")
+        if not found:
+            raise MerchantError(f"no merchant {merchant_id}")
+        if audit_as is not None:  # given by the command line (audited as cli:<user>)
+            await audit.record(
+                conn,
+                audit_as,
+                "merchant.webhook_secret_rotate",
+                f"merchant:{merchant_id}",
+                after={"previous_secret_expires_at": rfc3339(expires)},
+            )
     return RotatedSecret(merchant_id, secret, expires)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.domain.audit import AuditEntry
+from gateway.domain.permissions import Role
 from gateway.domain.records import (
     Attempt,
     CallbackAttempt,
@@ -16,19 +18,26 @@ from gateway.domain.records import (
     Delivery,
     DueAttempt,
     DueRefund,
+    Event,
     Failure,
     FoundAttempt,
     IdempotencyRecord,
     KeyType,
     Merchant,
     MerchantKey,
+    MerchantKeyInfo,
+    MerchantSummary,
     NextAction,
+    Operator,
+    OperatorSession,
+    OperatorToken,
     Payment,
     PaymentGroup,
     ReconciliationLine,
     ReconciliationRun,
     Refund,
     RefundGroup,
+    SignInCounter,
     WebhookEndpoint,
 )
 from gateway.domain.states import (
@@ -36,6 +45,7 @@ from gateway.domain.states import (
     DeliveryStatus,
     EndpointStatus,
     IdempotencyState,
+    KeyStatus,
     PaymentStatus,
     RefundStatus,
     RunStatus,
@@ -327,4 +337,101 @@ def payment_group(row: Row) -> PaymentGroup:
 def refund_group(row: Row) -> RefundGroup:
     return RefundGroup(
         row["merchant_id"], row["channel"], row["currency"], row["count"], row["amount"]
+    )
+
+
+def operator(row: Row) -> Operator:
+    return Operator(
+        id=row["id"],
+        email=row["email"],
+        role=Role(row["role"]),
+        password_hash=row["password_hash"],
+        created_at=row["created_at"],
+        disabled_at=row["disabled_at"],
+        last_sign_in_at=row["last_sign_in_at"],
+    )
+
+
+def operator_token(row: Row) -> OperatorToken:
+    return OperatorToken(
+        id=row["id"],
+        name=row["name"],
+        role=Role(row["role"]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def operator_session(row: Row) -> OperatorSession:
+    """A row of `live_operator_session`: the session's columns, then its operator's."""
+    return OperatorSession(
+        id=row["session_id"],
+        operator=operator(row),
+        csrf_token=row["csrf_token"],
+        created_at=row["session_created_at"],
+        expires_at=row["expires_at"],
+        last_seen_at=row["last_seen_at"],
+    )
+
+
+def sign_in_counter(row: Row) -> SignInCounter:
+    return SignInCounter(
+        key=row["key"],
+        failures=row["failures"],
+        first_at=row["first_at"],
+        last_at=row["last_at"],
+        locked_until=row["locked_until"],
+        now=row["now"],
+    )
+
+
+def audit_entry(row: Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=row["at"],
+        actor=row["actor"],
+        role=row["role"],
+        action=row["action"],
+        target=row["target"],
+        before=row["before"],
+        after=row["after"],
+        reason=row["reason"],
+        source_ip=row["source_ip"],
+        request_id=row["request_id"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def merchant_summary(row: Row) -> MerchantSummary:
+    return MerchantSummary(
+        id=row["id"],
+        name=row["name"],
+        created_at=row["created_at"],
+        active_keys=row["active_keys"],
+        previous_webhook_secret_expires_at=row["previous_webhook_secret_expires_at"],
+    )
+
+
+def merchant_key_info(row: Row) -> MerchantKeyInfo:
+    return MerchantKeyInfo(
+        id=row["id"],
+        merchant_id=row["merchant_id"],
+        key_type=KeyType(row["key_type"]),
+        status=KeyStatus(row["status"]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def event(row: Row) -> Event:
+    return Event(
+        id=row["id"],
+        merchant_id=row["merchant_id"],
+        type=row["type"],
+        payment_id=row["payment_id"],
+        refund_id=row["refund_id"],
+        payload=row["payload"],
+        created_at=row["created_at"],
+        request_id=row["request_id"],
     )

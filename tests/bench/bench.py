@@ -109,6 +109,7 @@ class Bench:
             "GATEWAY_MASTER_KEY": key,
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_SIMULATORS": "false",
+            "GATEWAY_ALLOW_DEV_KEYS": "true",  # the simulators' development keys
             # pending payments are re-queried after 10 min: the bench measures creates
             "GATEWAY_SYNC_SCHEDULE": "600",
         }

@@ -210,6 +210,7 @@ class Cluster:
                 "GATEWAY_SIM_NOTIFY_TIME_SCALE": "0.01",
                 "GATEWAY_LOG_LEVEL": "info",
                 "GATEWAY_LOG_JSON": "true",
+                "GATEWAY_ALLOW_DEV_KEYS": "true",  # the development keys and simulators
             }
         )
         return env

@@ -23,7 +23,7 @@ from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "test-admin-token-processes-0123"
+ADMIN_TOKEN = "test-admin-token-processes-0123456"
 
 
 @dataclass
@@ -73,6 +73,7 @@ def start(
             "GATEWAY_ROUTING_FILE": str(ROOT / "config" / "routing.yaml"),
             "GATEWAY_CONFIG_DIR": str(ROOT / "config"),
             "GATEWAY_VAR_DIR": str(tmp_path / "var"),
+            "GATEWAY_ALLOW_DEV_KEYS": "true",  # the shipped routing file's development keys
             **env,
         }
         log = tmp_path / f"{name}.log"

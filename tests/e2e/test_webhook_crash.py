@@ -133,6 +133,7 @@ async def test_sigkill_with_callbacks_due_loses_no_event(
         "GATEWAY_DISPATCHER_POLL_S": "0.2",
         "GATEWAY_ROUTING_FILE": str(ROOT / "config" / "routing.yaml"),
         "GATEWAY_CONFIG_DIR": str(ROOT / "config"),
+        "GATEWAY_ALLOW_DEV_KEYS": "true",  # the shipped routing file's development keys
         "GATEWAY_LOG_LEVEL": "info",
     }
     gateway = GatewayProcess(env, tmp_path / "gateway.log", url)

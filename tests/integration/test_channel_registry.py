@@ -222,7 +222,9 @@ async def test_the_gateway_refuses_to_start_on_a_bad_channel(
     path.write_text(with_new_channel(key="keys/bank/no_such_key.pem"))
     async with aiohttp.ClientSession() as http:
         for check in (True, False):
-            with pytest.raises(RoutingError, match=r"channels\.bank_new\.config\.merchant_private_key: "):
+            with pytest.raises(
+                RoutingError, match=r"channels\.bank_new\.config\.merchant_private_key: "
+            ):
                 start_registry(path, http, *redis_and_prefix, check=check)
 
 

@@ -218,6 +218,7 @@ def test_gateway_serve_on_a_schema_behind_exits_naming_the_remedy(empty_url: str
         "GATEWAY_PORT": "0",
         "GATEWAY_ROUTING_FILE": str(ROOT / "config" / "routing.yaml"),
         "GATEWAY_CONFIG_DIR": str(ROOT / "config"),
+        "GATEWAY_ALLOW_DEV_KEYS": "true",  # the shipped routing file's development keys
     }
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "serve"],

@@ -20,7 +20,7 @@ from adapters.simkit import SimulatorSettings, mount
 from tests.fixtures import ROOT, Gateway, new_merchant, start_gateway
 from tests.support import MerchantClient, free_port, wait_until
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 BANK_CONFIG = """
       merchant_id: M100200300
@@ -365,7 +365,7 @@ async def _at_least(items: list[str], n: int) -> bool:
 async def test_admin_api_needs_the_token(gateway: Gateway) -> None:
     async with gateway.http.get(gateway.url + "/admin/routing") as resp:
         assert resp.status == 401
-        assert (await resp.json())["code"] == "unauthorized"
+        assert (await resp.json())["code"] == "unauthenticated"
 
 
 async def test_a_bad_channel_config_is_refused_whole_and_the_old_rules_keep_serving(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from adapters.registry import ADAPTERS, AdapterConfigError, check_config
 
@@ -115,6 +116,28 @@ def test_channel_specific_checks_name_their_field() -> None:
         "unionpay", {**GOOD["unionpay"], "middle_cert_path": "keys/unionpay/unionpay_sign_cert.pem"}
     )
     assert middle.startswith("middle_cert_path: ")
+
+
+def test_an_adapters_wrapped_validation_error_is_reported_without_its_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An adapter that raises ValueError from pydantic's ValidationError: the wrapper's text
+    quotes the offending inputs, so the registry reports the ValidationError it wraps."""
+    module = importlib.import_module("adapters.unionpay.adapter")
+
+    class Password(BaseModel):
+        password: int
+
+    def wrapping_load_keys(config: object, config_dir: str) -> None:
+        try:
+            Password.model_validate({"password": "S3cret-pw"})
+        except ValidationError as exc:
+            raise ValueError(f"bad key settings: {exc}") from exc
+
+    monkeypatch.setattr(module, "load_keys", wrapping_load_keys)
+    assert errors("unionpay", GOOD["unionpay"]) == [
+        "password: Input should be a valid integer, unable to parse string as an integer"
+    ]
 
 
 def test_an_unknown_adapter_is_a_programming_error() -> None:

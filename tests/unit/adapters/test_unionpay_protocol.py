@@ -357,9 +357,12 @@ def test_create_results() -> None:
     )
     refused = p.create_result({"respCode": "01"})
     assert (refused.outcome, refused.decision) == (Outcome.FAILED, Decision.FINAL)
+    # the order may exist: UNKNOWN, to be queried later (RETRY), as every channel's create
     for code in ("03", "04", "05", "12"):
-        assert p.create_result({"respCode": code}).outcome is Outcome.UNKNOWN
-    assert p.create_result({"respCode": "00"}).outcome is Outcome.UNKNOWN  # no qrCode
+        unknown = p.create_result({"respCode": code})
+        assert (unknown.outcome, unknown.decision) == (Outcome.UNKNOWN, Decision.RETRY)
+    no_qr_code = p.create_result({"respCode": "00"})
+    assert (no_qr_code.outcome, no_qr_code.decision) == (Outcome.UNKNOWN, Decision.RETRY)
 
 
 def test_query_results() -> None:

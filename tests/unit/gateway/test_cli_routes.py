@@ -65,7 +65,9 @@ def test_a_missing_key_file_refuses_the_file_and_names_the_channel(
     [error] = [line for line in out.splitlines() if "channels." in line]
     assert "channels.bank_cmb.config.merchant_private_key" in error and "no_such_key.pem" in error
     line = int(error.split("line ", 1)[1].split(":", 1)[0])
-    assert lines[line - 1].strip() == "merchant_private_key: keys/bank/no_such_key.pem"  # the field's own line
+    assert (
+        lines[line - 1].strip() == "merchant_private_key: keys/bank/no_such_key.pem"
+    )  # the field's own line
 
 
 def test_every_bad_channel_is_named_with_its_line(

@@ -10,6 +10,7 @@ from gateway.api.problems import STATUS, error_response, status_of
 from gateway.domain import errors
 from gateway.domain.errors import TITLES, GatewayError
 from gateway.services.merchants import MerchantError
+from gateway.services.operators import OperatorError
 
 
 def _kinds(base: type[GatewayError]) -> set[type[GatewayError]]:
@@ -23,7 +24,9 @@ EXAMPLES: list[tuple[GatewayError, int, str]] = [
     (errors.InvalidRequest("bad"), 400, "invalid_request"),
     (errors.MalformedJson("bad"), 400, "malformed_json"),
     (errors.AuthFailed("nonce_replayed", "again"), 401, "nonce_replayed"),
-    (errors.Unauthorized("who?", challenge="Bearer"), 401, "unauthorized"),
+    (errors.Unauthenticated("who?", challenge="Bearer"), 401, "unauthenticated"),
+    (errors.SignInRefused("wrong email or password"), 401, "unauthenticated"),
+    (errors.Forbidden("viewer may not"), 403, "forbidden"),
     (errors.RiskRejected("no", "max_1000"), 403, "risk_rejected"),
     (errors.NotFound.of("payment"), 404, "not_found"),
     (errors.InvalidState("closed"), 409, "invalid_state"),
@@ -38,6 +41,7 @@ EXAMPLES: list[tuple[GatewayError, int, str]] = [
     (errors.ChannelUnavailable("down", retry_after_s=30), 503, "channel_unavailable"),
     (errors.ServiceUnavailable("db away", retry_after_s=2), 503, "service_unavailable"),
     (MerchantError("no merchant mch_1"), 400, "invalid_request"),
+    (OperatorError("no operator a@b.example"), 400, "invalid_request"),
 ]
 
 
@@ -76,5 +80,5 @@ def test_the_answer_carries_retry_after_members_and_field_errors() -> None:
     assert orjson.loads(invalid.body)["errors"] == [  # type: ignore[arg-type]
         {"field": "limit", "message": "1 to 100."}
     ]
-    challenge = error_response(errors.Unauthorized("who?", challenge="Bearer"), "req_4")
+    challenge = error_response(errors.Unauthenticated("who?", challenge="Bearer"), "req_4")
     assert challenge.headers["WWW-Authenticate"] == "Bearer"
