@@ -156,15 +156,7 @@ def _lifecycle(
                 settings.sync_schedule,
                 poll_s=settings.sync_poll_s,
             )
-            dispatcher = CallbackDispatcher(
-                pool,
-                box,
-                schedule=settings.webhook_retry_schedule,
-                allow_private=settings.callback_allow_private,
-                timeout_s=settings.callback_timeout_s,
-                poll_s=settings.dispatcher_poll_s,
-                concurrency=settings.dispatcher_concurrency,
-            )
+            dispatcher = CallbackDispatcher.from_settings(settings, pool, box, redis)
             authenticator = Authenticator.from_settings(pool, redis, box, settings)
             await authenticator.start()
             app[SERVICES] = Services(

@@ -43,6 +43,18 @@ def _parse_networks(value: object) -> object:
     return value
 
 
+def _parse_ports(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            ports = tuple(int(p) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise ValueError("ports are comma-separated numbers, e.g. 80,443") from None
+        if not ports or any(not 1 <= p <= 65535 for p in ports):
+            raise ValueError("at least one port, each from 1 to 65535")
+        return ports
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_",
@@ -82,6 +94,14 @@ class Settings(BaseSettings):
     sim_notify_time_scale: float = Field(1.0, gt=0)
     callback_allow_private: bool = False
     callback_timeout_s: float = Field(10.0, gt=0)
+    # callbacks: destinations and delivery capacity (docs/security.md, "Callbacks")
+    callback_allowed_ports: Annotated[tuple[int, ...], NoDecode] = (80, 443)
+    """The only ports callbacks go to (`GATEWAY_CALLBACK_ALLOWED_PORTS`, comma-separated);
+    any port when `callback_allow_private`."""
+    callback_max_per_merchant: int = Field(16, ge=1)
+    """Callback attempts in flight at once for one merchant, all gateway processes together."""
+    callback_max_per_host: int = Field(8, ge=1)
+    """Callback attempts in flight at once to one destination host, all processes together."""
     var_dir: Path = Path("var")
     log_level: str = "info"
     log_json: bool = True
@@ -178,6 +198,7 @@ class Settings(BaseSettings):
         _parse_schedule
     )
     _check_proxies = field_validator("trusted_proxies", mode="before")(_parse_networks)
+    _check_ports = field_validator("callback_allowed_ports", mode="before")(_parse_ports)
 
     @field_validator("admin_token")
     @classmethod

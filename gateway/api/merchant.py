@@ -28,6 +28,7 @@ from gateway.domain.errors import (
     UnsupportedMediaType,
 )
 from gateway.domain.models import (
+    DESTINATIONS,
     CreatePaymentRequest,
     CreateRefundRequest,
     CreateWebhookEndpointRequest,
@@ -70,9 +71,10 @@ def _field_message(error: ErrorDetails) -> str:
     return str(error["msg"])
 
 
-def parse_model(model: type[M], data: JsonBody) -> M:
+def parse_model(model: type[M], data: JsonBody, context: dict[str, Any] | None = None) -> M:
+    """The request body as `model`; `context` reaches its validators (see `DESTINATIONS`)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = [
             FieldError(".".join(str(p) for p in e["loc"]) or "body", _field_message(e))
@@ -235,7 +237,7 @@ def source_address(request: web.Request, trusted: Sequence[IPv4Network | IPv6Net
 async def create_payment(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
-    req = parse_model(CreatePaymentRequest, data)
+    req = parse_model(CreatePaymentRequest, data, {DESTINATIONS: svc.dispatcher.destinations})
     structlog.contextvars.bind_contextvars(merchant_order_id=req.merchant_order_id)
     outcome = await svc.payments.create(merchant.merchant_id, req)
     structlog.contextvars.bind_contextvars(payment_id=outcome.payment.id)
@@ -315,7 +317,9 @@ def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
 async def create_webhook_endpoint(
     svc: Services, merchant: AuthenticatedMerchant, request: web.Request, data: JsonBody
 ) -> web.Response:
-    req = parse_model(CreateWebhookEndpointRequest, data)
+    req = parse_model(
+        CreateWebhookEndpointRequest, data, {DESTINATIONS: svc.dispatcher.destinations}
+    )
     endpoint = await svc.webhooks.create_endpoint(merchant.merchant_id, req.url, req.events)
     return object_response(WebhookEndpointObject.of(endpoint), 201)
 

@@ -1,7 +1,9 @@
 """The merchant API's bodies: requests (strict: unknown fields, floats, booleans and strings as
 amounts are refused) and the objects it answers with, rendered from the store's records
 (`gateway.domain.records`). The OpenAPI document is generated from these models
-(`gateway.api.openapi`), so what it describes is what is sent. Pure."""
+(`gateway.api.openapi`), so what it describes is what is sent. Callback URLs are checked
+against the `DestinationPolicy` given in the validation context (`DESTINATIONS`; the strict
+default when none is). Pure."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -18,6 +19,7 @@ from pydantic import (
     PlainSerializer,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
@@ -39,6 +41,7 @@ from gateway.domain.states import (
     PaymentStatus,
     RefundStatus,
 )
+from gateway.domain.webhooks import DestinationPolicy
 
 METHODS = ("card", "wechat_qr", "alipay_qr", "unionpay_qr")
 MAX_AMOUNT = 10**11
@@ -66,15 +69,22 @@ class Payer(_Strict):
         return value
 
 
-def _check_url(value: str) -> str:
+DESTINATIONS = "destinations"
+"""The validation context's key for the `DestinationPolicy` callback URLs are checked against
+(`model_validate(data, context={DESTINATIONS: policy})`)."""
+_STRICT_DESTINATIONS = DestinationPolicy()
+
+
+def _check_url(value: str, info: ValidationInfo) -> str:
+    """A callback URL (API.md §1.6): absolute http(s), no credentials, and a destination the
+    policy allows (the DestinationRefused it raises is a ValueError: a field error)."""
     if any(c.isspace() or not c.isprintable() for c in value):
         # urlsplit silently drops tabs and newlines: refuse them (header injection)
         raise ValueError("must not contain whitespace or control characters")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials")
+    context = info.context if isinstance(info.context, Mapping) else {}
+    policy = context.get(DESTINATIONS, _STRICT_DESTINATIONS)
+    assert isinstance(policy, DestinationPolicy), policy
+    policy.check_url(value)
     return value
 
 
@@ -94,8 +104,8 @@ class CreatePaymentRequest(_Strict):
 
     @field_validator("notify_url")
     @classmethod
-    def _notify_url(cls, value: str | None) -> str | None:
-        return _check_url(value) if value is not None else None
+    def _notify_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_url(value, info) if value is not None else None
 
 
 class CreateRefundRequest(_Strict):
@@ -114,8 +124,8 @@ class CreateWebhookEndpointRequest(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        return _check_url(value)
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        return _check_url(value, info)
 
     @field_validator("events")
     @classmethod

@@ -324,6 +324,8 @@ class ClaimedDelivery:
     merchant_id: str
     endpoint_id: str | None
     url: str
+    host: str
+    """The URL's host as written, lower case: the key of the per-host capacity."""
     attempts: int
     """Counting the attempt about to be made: the lease's fence."""
     body: str
@@ -332,6 +334,16 @@ class ClaimedDelivery:
     secret_enc: bytes
     previous_secret_enc: bytes | None
     """The merchant's previous webhook secret, while its rotation grace lasts."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutBack:
+    """A claimed delivery that found no free slot: not attempted, due again after `delay_s`."""
+
+    delivery_id: str
+    attempt_no: int
+    """The delivery's `attempts` when it was claimed: the lease's fence."""
+    delay_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Standard Webhooks signatures (API.md §2), the retry policy and the destination rules of
-callbacks. Pure: no I/O."""
+callbacks (`DestinationPolicy`: what a webhook endpoint or a payment's `notify_url` may name, and
+which resolved addresses a callback may connect to). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ import hashlib
 import hmac
 import ipaddress
 import random
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
 from gateway.domain.states import DeliveryStatus
 
 RETRY_AFTER_CAP_S = 86400.0
 """A Retry-After beyond a day is read as a day."""
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def secret_bytes(whsec: str) -> bytes:
@@ -132,25 +134,142 @@ def classify(
     return Outcome("retry", delay)
 
 
+DEFAULT_CALLBACK_PORTS = frozenset({80, 443})
+
+_SPECIAL_IPV6 = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        "2002::/16",  # 6to4: an IPv4 address inside
+        "::/96",  # IPv4-compatible (deprecated)
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "64:ff9b::/96",  # NAT64, the well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local use
+        "fec0::/10",  # site-local (deprecated)
+        "2001::/32",  # Teredo: an IPv4 address and port inside
+    )
+)
+"""IPv6 ranges that reach IPv4 (or a site) through a translator or a tunnel, which `ipaddress`
+calls global: refused whatever IPv4 address they carry."""
+_SPECIAL_IPV4 = (ipaddress.IPv4Network("192.0.0.0/24"),)
+"""IETF protocol assignments: Python 3.11's tables know only 192.0.0.0/29 of it."""
+
+
+class DestinationRefused(ValueError):
+    """A callback URL that may not be delivered to. The message says what is wrong with the URL
+    itself (it is shown to the merchant: nothing resolved or learnt from the network)."""
+
+
 def public_address(address: str) -> bool:
-    """Whether an IP address is one callbacks may reach by default: global unicast, not
-    loopback, private, link-local, shared, reserved, or such an address dressed as IPv6."""
+    """Whether an IP address is one callbacks may reach by default: global unicast; not
+    private, loopback, link-local, multicast, reserved, unspecified or shared; not one of the
+    IPv6 ranges that carry an IPv4 address or a site (`_SPECIAL_IPV6`)."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])  # no IPv6 zone: link-local anyway
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.is_global and not ip.is_multicast
+    special = _SPECIAL_IPV6 if isinstance(ip, ipaddress.IPv6Address) else _SPECIAL_IPV4
+    if any(ip in net for net in special):
+        return False
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
 
 
-def literal_ip(host: str) -> str | None:
-    """The host as an IP address when it is one (brackets of an IPv6 literal removed)."""
-    candidate = host.strip("[]")
+def _literal_ip(host: str) -> str | None:
+    """The host as an IP address when it is an IPv6 literal or a canonical dotted quad."""
     try:
-        return str(ipaddress.ip_address(candidate))
+        return str(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+def _reads_as_ipv4(host: str) -> bool:
+    """Whether some parser would take this host for an IPv4 address: `inet_aton` (and so the
+    system resolver) reads `2130706433`, `127.1`, `0x7f.1` or `0177.0.0.1` as 127.0.0.1; and a
+    host whose last label is a number (`127.0.0.1.`, `1.2.3.4.5`) is no DNS name (RFC 3696
+    §2: a top-level domain is never all-numeric)."""
+    try:
+        socket.inet_aton(host)
+        return True
+    except (OSError, ValueError):
+        pass
+    last = host.rstrip(".").rpartition(".")[2].lower()
+    return last.isdigit() or (
+        last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])
+    )
+
+
+def ascii_host(host: str) -> str:
+    """The host as the HTTP client sends and resolves it: IDNA (which folds compatibility
+    characters, so `１２７.０.０.１` becomes `127.0.0.1`), lower case. Raises
+    DestinationRefused when it is no host name (an empty or over-long label)."""
+    if ":" in host:  # an IPv6 literal
+        return host.lower()
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise DestinationRefused(f"{host} is not a valid host name") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A callback URL that passed the rules: its host as the client uses it, its port, and the
+    host's address when the URL names one (no lookup then)."""
+
+    host: str
+    port: int
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationPolicy:
+    """Where callbacks may go (API.md §1.6): checked at subscription and for a payment's
+    `notify_url` (400), again at every delivery, and for every address a name resolves to.
+
+    By default: http(s) only, to a name or a public address, on `allowed_ports`. With
+    `allow_private` (development, tests) any address and any port. Either way an IPv4 address
+    must be written a.b.c.d: any other form means what its parser makes of it."""
+
+    allow_private: bool = False
+    allowed_ports: frozenset[int] = DEFAULT_CALLBACK_PORTS
+
+    @classmethod
+    def of(cls, allow_private: bool, allowed_ports: Iterable[int]) -> DestinationPolicy:
+        return cls(allow_private, frozenset(allowed_ports))
+
+    def check_url(self, url: str) -> Destination:
+        """The URL's destination; raises DestinationRefused (the message names the fault)."""
+        try:
+            parts = urlsplit(url)
+            hostname, port = parts.hostname, parts.port
+        except ValueError:  # an unbalanced bracket, a port that is not a number
+            raise DestinationRefused("not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise DestinationRefused("not an absolute http(s) URL")
+        if parts.username is not None or parts.password is not None or "\\" in parts.netloc:
+            raise DestinationRefused("the URL carries credentials")
+        host = ascii_host(hostname)
+        address = _literal_ip(host)
+        if address is None and _reads_as_ipv4(host):
+            raise DestinationRefused(
+                f"{hostname} is not an IPv4 address in canonical form (a.b.c.d)"
+            )
+        port = port if port is not None else (443 if parts.scheme == "https" else 80)
+        if self.allow_private:
+            return Destination(host, port, address)
+        if address is not None and not public_address(address):
+            raise DestinationRefused(f"{hostname} is not a public address")
+        if port not in self.allowed_ports:
+            allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
+            raise DestinationRefused(f"port {port} is not allowed (allowed: {allowed})")
+        return Destination(host, port, address)
+
+    def allows_address(self, address: str) -> bool:
+        """Whether a callback may connect to this (resolved) address."""
+        return self.allow_private or public_address(address)

@@ -5,16 +5,28 @@ gateway processes can run dispatchers, and a delivery whose process died mid-att
 again when its lease runs out (at least once; never lost). Woken by LISTEN/NOTIFY when a
 transaction writes deliveries, and when one of its own attempts ends; polling is the fallback.
 
-Bounds: at most `concurrency` deliveries claimed (so at most that many attempts in flight) per
-process; at most `per_url_concurrency` attempts in flight to one URL (a slow merchant cannot take
-every slot), with as many more claimed and waiting their turn, so that the next attempt to a busy
-URL starts without a database round trip and still well within its lease; `timeout_s` per
-attempt from name resolution to the last byte read; response bodies read up to `BODY_CAP` bytes;
-no redirects.
-Requests go through the dispatcher's own HTTP session: no cookies, no proxy from the
-environment, and (unless private destinations are allowed) a resolver that refuses loopback,
-private and link-local addresses at connection time, so a name cannot pass a check and then
-resolve elsewhere.
+Capacity, shared fairly: at most `concurrency` deliveries claimed (so at most that many attempts
+in flight) per process; at most `GATEWAY_CALLBACK_MAX_PER_MERCHANT` attempts in flight per
+merchant and `GATEWAY_CALLBACK_MAX_PER_HOST` per destination host, all processes together
+(`SlotLeases`: leases in Redis), so that one merchant's many slow endpoints cannot hold every
+slot. A claim takes no more of a
+merchant or host than this process may still run, and skips the ones it knows to be full; a
+claimed delivery that finds no shared slot is put back, due again in about `PUT_BACK_S`, as if
+it had not been claimed (not an attempt). With Redis away each process keeps the caps by itself.
+`timeout_s` per attempt from name resolution to the last byte read; response bodies read up to
+`BODY_CAP` bytes (kept in the delivery log: only ever from a destination that was allowed); no
+redirects.
+
+Destinations (`check_url`, `gateway.domain.webhooks.DestinationPolicy`): checked again before
+every attempt, as the HTTP client reads the URL. Names resolve only in the dispatcher's own
+resolver, at connection time: unless private destinations are allowed it refuses a name any
+of whose addresses is not public, and the client connects only to the addresses it returned
+(no second lookup, so a name cannot pass the check and then resolve elsewhere). What the
+merchant's delivery log says of a failure is its kind only ("connection failed", "timed out
+after 10 s"): a refused resolution reads like one that failed, so the log is no DNS or
+port-scan oracle; the detail is logged for operators (`callback_attempt_failed`,
+`callback_destination_refused`). Requests go through the dispatcher's own HTTP session: no
+cookies, no proxy from the environment.
 Each request carries, beside the Standard Webhooks headers, `X-Request-Id`: the request id of
 the merchant request, channel notification or background job that caused the event (none for
 events older than `events.request_id`); the delivery's logs carry it too."""
@@ -23,23 +35,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
+from typing import Generic, TypeVar
 
 import aiohttp
+import redis.asyncio as aioredis
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from prometheus_client import Counter
+from yarl import URL
 
 from gateway import logs, metrics
 from gateway.auth.secretbox import SecretBox
 from gateway.domain import webhooks
-from gateway.domain.records import CallbackAttemptResult, ClaimedDelivery
+from gateway.domain.records import CallbackAttemptResult, ClaimedDelivery, PutBack
 from gateway.domain.states import DeliveryStatus, EndpointStatus, delivery_can
+from gateway.domain.webhooks import Destination, DestinationPolicy, DestinationRefused
+from gateway.services.callback_slots import Full, SlotLeases
+from gateway.settings import Settings
 from gateway.store import webhooks as store
 from gateway.store.db import Pool
 from gateway.store.payments import CALLBACK_CHANNEL
@@ -47,10 +67,15 @@ from gateway.store.payments import CALLBACK_CHANNEL
 log = structlog.get_logger("callbacks")
 
 BODY_CAP = 2048
-"""Bytes of a receiver's response body read and kept with the attempt."""
+"""Bytes of a receiver's response body read and kept with the attempt (only ever from a
+destination that was allowed: a refused one is never connected to)."""
 ERROR_CAP = 500
 GAUGES_EVERY_S = 5.0
-PER_URL_CONCURRENCY = 8
+PUT_BACK_S = 1.0
+"""About how long (±20 %) a delivery that found no free slot waits before it is due again, and
+this process leaves the full merchant or host out of its claims."""
+SLOT_MARGIN_S = 5.0
+"""A slot's lease outlasts the attempt's timeout by this much."""
 
 DELIVERIES = Counter(
     "gateway_callback_deliveries_total",
@@ -59,49 +84,79 @@ DELIVERIES = Counter(
     ["outcome"],
 )
 
-
-class DestinationRefused(OSError):
-    """A callback URL that may not be delivered to (scheme, or a non-public address)."""
+__all__ = ["DestinationRefused", "check_url"]
 
 
-def check_url(url: str, allow_private: bool) -> None:
-    """Refuse what needs no DNS to refuse: a non-http(s) URL, or a literal IP address that is not
-    public (aiohttp does not resolve literal addresses, so the resolver never sees them)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DestinationRefused("only absolute http(s) URLs are delivered to")
-    if allow_private:
-        return
-    address = webhooks.literal_ip(parts.hostname)
-    if address is not None and not webhooks.public_address(address):
-        raise DestinationRefused(f"{parts.hostname} is not a public address")
+def check_url(url: str, policy: DestinationPolicy) -> Destination:
+    """The policy's verdict on a callback URL, as the HTTP client will read it: the host and
+    port the policy checked must be the ones aiohttp connects to (its URL parser and IDNA are
+    yarl's), else the URL is refused. Raises DestinationRefused."""
+    destination = policy.check_url(url)
+    try:
+        target = URL(url)
+    except ValueError:
+        raise DestinationRefused("not a valid URL") from None
+    if (target.raw_host or "").lower() != destination.host or target.port != destination.port:
+        raise DestinationRefused("the URL's host does not read the same to every parser")
+    return destination
+
+
+class NonPublicAddress(OSError):
+    """Raised by the resolver: a name with an address callbacks may not reach. An OSError, so
+    that aiohttp reports it as the connection's cause (`ClientConnectorError.os_error`)."""
+
+    def __init__(self, host: str, addresses: list[str]) -> None:
+        super().__init__(f"{host} resolves to a non-public address")
+        self.host = host
+        self.addresses = addresses
 
 
 class PublicOnlyResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, and refuses a name any of whose addresses is
-    not public (checked at connection time: no window for the name to change in between)."""
+    """Resolves like aiohttp's default resolver, and refuses a name any of whose addresses the
+    policy does not allow. aiohttp connects only to the addresses returned here, and calls no
+    resolver for an IP literal (which `check_url` has checked): what is connected to was
+    checked."""
 
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, policy: DestinationPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner = inner or DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if any(not webhooks.public_address(r["host"]) for r in results):
-            raise DestinationRefused(f"{host} resolves to a non-public address")
+        if any(not self._policy.allows_address(r["host"]) for r in results):
+            raise NonPublicAddress(host, [r["host"] for r in results])
         return results
 
     async def close(self) -> None:
         await self._inner.close()
 
 
-def _refusal(exc: BaseException) -> DestinationRefused | None:
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, DestinationRefused
-    ):
+def _non_public(exc: BaseException) -> NonPublicAddress | None:
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, NonPublicAddress):
         return exc.os_error
     return None
+
+
+def failure_kind(exc: BaseException, timeout_s: float) -> str:
+    """What the merchant's delivery log says of an attempt that got no answer: the kind of
+    failure, never the client's message (addresses, ports, the resolver's words would make the
+    log a DNS and port-scan oracle). A name refused after resolution is a connection that
+    failed, like one that did not resolve."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS certificate not accepted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed before an answer"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "not a valid HTTP answer"
+    return "delivery failed"
 
 
 def _text(value: str) -> str:
@@ -109,40 +164,62 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-class GroupCommit:
-    """Records attempts in batches: the results that come in while a write is under way go out
-    together in the next one (one statement and one commit for many attempts, none waiting for a
-    timer). Bounded by the dispatcher's claims: each delivery it holds waits here until its own
-    result is written, and only then frees its place."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one exchange with a destination gave."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-        self._waiting: list[tuple[CallbackAttemptResult, asyncio.Future[bool]]] = []
+    started_at: datetime
+    status: int | None
+    error: str | None
+    retry_after: float | None
+    latency_ms: int
+    text: str | None
+    refused: bool
+    """The name resolved to an address callbacks may not reach (nothing was sent)."""
+
+
+T = TypeVar("T")
+
+
+class GroupCommit(Generic[T]):
+    """Writes the dispatcher's outcomes (attempt results, put-backs) in batches: the ones that
+    come in while a write is under way go out together in the next one (one statement and one
+    commit for many, none waiting for a timer). Bounded by the dispatcher's claims: each
+    delivery it holds waits here until its own outcome is written, and only then frees its
+    place."""
+
+    def __init__(
+        self, write: Callable[[list[T]], Awaitable[set[str]]], key: Callable[[T], str]
+    ) -> None:
+        """`write` stores a batch and returns the keys of the deliveries it moved on."""
+        self._write_batch = write
+        self._key = key
+        self._waiting: list[tuple[T, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, result: CallbackAttemptResult) -> bool:
-        """Write one attempt's result; True when its delivery moved on (the lease was held)."""
+    async def record(self, item: T) -> bool:
+        """Write one outcome; True when its delivery moved on (the lease was held)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((result, future))
+        self._waiting.append((item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
         return await future
 
     async def _write(self) -> None:
-        batch: list[tuple[CallbackAttemptResult, asyncio.Future[bool]]] = []
+        batch: list[tuple[T, asyncio.Future[bool]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    moved = await store.finish_attempts(self._pool, [r for r, _ in batch])
+                    moved = await self._write_batch([item for item, _ in batch])
                 except Exception as exc:  # each waiter fails; the leases will run out
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for result, future in batch:
+                    for item, future in batch:
                         if not future.done():
-                            future.set_result(result.delivery_id in moved)
+                            future.set_result(self._key(item) in moved)
                 batch = []
         finally:
             self._writer = None
@@ -157,37 +234,73 @@ class CallbackDispatcher:
         self,
         pool: Pool,
         box: SecretBox | None,
+        slots: SlotLeases,
         *,
         schedule: tuple[float, ...],
-        allow_private: bool,
+        destinations: DestinationPolicy,
         timeout_s: float,
         poll_s: float,
         concurrency: int,
-        per_url_concurrency: int = PER_URL_CONCURRENCY,
     ) -> None:
         """Callbacks go out through the dispatcher's own HTTP session (`session`), opened
-        while it runs (see the module's docstring)."""
+        while it runs (see the module's docstring); `slots` holds the per-merchant and
+        per-host caps of every process together."""
         self.pool = pool
         self.box = box
+        self.slots = slots
         self.schedule = schedule
-        self.allow_private = allow_private
+        self.destinations = destinations
+        """Where callbacks may go: also what the API checks URLs against (API.md §1.6)."""
         self.timeout_s = timeout_s
         self.lease_s = 2 * timeout_s + 5
-        """How long a claimed delivery is ours: it may wait for one attempt to its URL to end
-        (at most `timeout_s`: see the bounds), then makes its own, then writes the result."""
+        """How long a claimed delivery is ours: it waits for its slot (at most a second: see
+        `callback_slots`), makes its attempt (at most `timeout_s`), then writes the result."""
         self.poll_s = poll_s
         self.concurrency = concurrency
-        self.per_url = min(per_url_concurrency, concurrency)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held: dict[str, int] = {}
-        """Deliveries claimed and not yet finished, per URL."""
-        self._gates: dict[str, asyncio.Semaphore] = {}
-        """Per URL: at most `per_url` attempts in flight."""
+        self._held_by_merchant: Tally[str] = Tally()
+        self._held_by_host: Tally[str] = Tally()
+        """Deliveries claimed and not yet finished, per merchant and per host."""
+        self._full_until: dict[tuple[Full, str], float] = {}
+        """(merchant or host, its id) -> until when (monotonic) the shared cap was found full:
+        left out of this process's claims meanwhile."""
         self._session: aiohttp.ClientSession | None = None
-        self._recorder = GroupCommit(pool)
+        self._results = GroupCommit[CallbackAttemptResult](
+            lambda batch: store.finish_attempts(pool, batch), lambda r: r.delivery_id
+        )
+        self._put_backs = GroupCommit[PutBack](
+            lambda batch: store.put_back(pool, batch), lambda p: p.delivery_id
+        )
         self.attempts_started = 0
-        """Attempts this dispatcher has started (introspection; the metrics count them all)."""
+        """Attempts this dispatcher has made, refused ones included, put-backs not
+        (introspection; the metrics count them all)."""
+        self.put_backs = 0
+        """Claimed deliveries this dispatcher put back for want of a shared slot."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, pool: Pool, box: SecretBox | None, redis: aioredis.Redis
+    ) -> CallbackDispatcher:
+        """The dispatcher `gateway.app` runs: its settings, the shared caps in `redis`."""
+        slots = SlotLeases(
+            redis,
+            settings.redis_prefix,
+            per_merchant=settings.callback_max_per_merchant,
+            per_host=settings.callback_max_per_host,
+        )
+        return cls(
+            pool,
+            box,
+            slots,
+            schedule=settings.webhook_retry_schedule,
+            destinations=DestinationPolicy.of(
+                settings.callback_allow_private, settings.callback_allowed_ports
+            ),
+            timeout_s=settings.callback_timeout_s,
+            poll_s=settings.dispatcher_poll_s,
+            concurrency=settings.dispatcher_concurrency,
+        )
 
     def wake(self, *_: object) -> None:
         self._wake.set()
@@ -195,10 +308,11 @@ class CallbackDispatcher:
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
         """The HTTP session callbacks are sent with, open while the dispatcher runs."""
+        policy = self.destinations
         connector = aiohttp.TCPConnector(
             limit=self.concurrency,
             limit_per_host=0,
-            resolver=None if self.allow_private else PublicOnlyResolver(),
+            resolver=None if policy.allow_private else PublicOnlyResolver(policy),
         )
         async with aiohttp.ClientSession(
             connector=connector,
@@ -260,15 +374,34 @@ class CallbackDispatcher:
 
     async def dispatch_due(self) -> int:
         """Claim what is due, up to the free capacity, and start delivering it. Returns how many
-        attempts were started (0 when full: an attempt's end wakes the loop)."""
+        were claimed (0 when full: an attempt's end wakes the loop)."""
         free = self.concurrency - len(self._tasks)
         if free <= 0:
             return 0
-        claimed = await store.claim_due(self.pool, free, self._held, 2 * self.per_url, self.lease_s)
-        self.attempts_started += len(claimed)
+        now = time.monotonic()
+        self._full_until = {k: t for k, t in self._full_until.items() if t > now}
+        full = {
+            kind: {key for (k, key) in self._full_until if k == kind}
+            | {key for key, n in held.items() if n >= cap}
+            for kind, held, cap in (
+                ("merchant", self._held_by_merchant, self.slots.per_merchant),
+                ("host", self._held_by_host, self.slots.per_host),
+            )
+        }
+        claimed = await store.claim_due(
+            self.pool,
+            free,
+            held_by_merchant=self._held_by_merchant,
+            held_by_host=self._held_by_host,
+            full_merchants=full["merchant"],
+            full_hosts=full["host"],
+            per_merchant=self.slots.per_merchant,
+            per_host=self.slots.per_host,
+            lease_s=self.lease_s,
+        )
         for delivery in claimed:
-            url = delivery.url
-            self._held[url] = self._held.get(url, 0) + 1
+            self._held_by_merchant[delivery.merchant_id] += 1
+            self._held_by_host[delivery.host] += 1
             task = asyncio.create_task(self._deliver(delivery))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -279,19 +412,18 @@ class CallbackDispatcher:
         # what caused the event, as its requests do
         # (None for an event written before events had request ids)
         logs.bind_request_id(delivery.request_id)
-        url = delivery.url
-        if url not in self._gates:
-            self._gates[url] = asyncio.Semaphore(self.per_url)
         try:
             await self._attempt(delivery)
         except Exception:  # the lease runs out and the delivery is attempted again
             log.exception("callback_attempt_crashed", delivery_id=delivery.id)
         finally:
-            left = self._held[url] - 1
-            if left:
-                self._held[url] = left
-            else:
-                del self._held[url], self._gates[url]
+            for held, key in (
+                (self._held_by_merchant, delivery.merchant_id),
+                (self._held_by_host, delivery.host),
+            ):
+                held[key] -= 1
+                if held[key] <= 0:
+                    del held[key]
             self._wake.set()
 
     def _secrets(self, delivery: ClaimedDelivery) -> tuple[str, list[str]]:
@@ -315,7 +447,7 @@ class CallbackDispatcher:
             DELIVERIES.labels(outcome="endpoint_disabled").inc()
             return
         try:
-            check_url(delivery.url, self.allow_private)
+            check_url(delivery.url, self.destinations)
             secret, previous = self._secrets(delivery)
         except DestinationRefused as exc:
             await self._refused(delivery, datetime.now(UTC), exc)
@@ -324,52 +456,105 @@ class CallbackDispatcher:
             reason = f"cannot sign: {exc}"
             await self._after(delivery, datetime.now(UTC), None, reason, None, None, None)
             return
+        slot = await self.slots.acquire(
+            delivery.merchant_id, delivery.host, self.timeout_s + SLOT_MARGIN_S
+        )
+        if slot.full is not None:
+            await self._put_back(delivery, slot.full)
+            return
+        try:
+            answer = await self._exchange(delivery, secret, previous)
+        except BaseException:  # cancelled: give the slot back all the same
+            await self.slots.release(slot)
+            raise
+        # the slot goes back while the result is written: neither waits for the other (a slow
+        # or absent Redis does not delay the result)
+        await asyncio.gather(self.slots.release(slot), self._answered(delivery, answer))
+
+    async def _answered(self, delivery: ClaimedDelivery, answer: _Answer) -> None:
+        metrics.CALLBACK_LATENCY.observe(answer.latency_ms / 1000)
+        await self._after(
+            delivery,
+            answer.started_at,
+            answer.status,
+            answer.error,
+            answer.retry_after,
+            answer.latency_ms,
+            answer.text,
+            answer.refused,
+        )
+        log.debug(
+            "callback_attempted",
+            delivery_id=delivery.id,
+            status=answer.status,
+            latency_ms=answer.latency_ms,
+        )
+
+    async def _exchange(
+        self, delivery: ClaimedDelivery, secret: str, previous: list[str]
+    ) -> _Answer:
+        """Send the callback and read the answer (status, Retry-After, the body up to
+        `BODY_CAP`), or say what went wrong: the merchant's words in `error`, the detail in the
+        logs."""
         body = delivery.body.encode()
         status: int | None = None
         error: str | None = None
         text: str | None = None
         retry_after: float | None = None
-        refusal: DestinationRefused | None = None
+        refusal: NonPublicAddress | None = None
         assert self._session is not None, "the dispatcher's session is open while it runs"
-        async with self._gates[delivery.url]:  # a turn at this URL, held by the request alone
-            started_at, started = datetime.now(UTC), time.monotonic()
-            try:
-                headers = webhooks.headers(
-                    secret,
-                    delivery.event_id,
-                    int(time.time()),
-                    body,
-                    previous,
-                    delivery.request_id,
+        started_at, started = datetime.now(UTC), time.monotonic()
+        try:
+            headers = webhooks.headers(
+                secret, delivery.event_id, int(time.time()), body, previous, delivery.request_id
+            )
+            async with (
+                asyncio.timeout(self.timeout_s),
+                self._session.post(
+                    delivery.url, data=body, headers=headers, allow_redirects=False
+                ) as resp,
+            ):
+                status = resp.status
+                retry_after = webhooks.parse_retry_after(resp.headers.get("Retry-After"))
+                text = await self._read_capped(resp)
+        except Exception as exc:  # whatever went wrong on the way is this attempt's error
+            refusal = _non_public(exc)
+            if status is None:
+                error = failure_kind(exc, self.timeout_s)
+            else:  # the status line arrived, the body did not: the status stands
+                error = "reading the response failed"
+            if refusal is not None:
+                log.warning(
+                    "callback_destination_refused",
+                    delivery_id=delivery.id,
+                    host=refusal.host,
+                    addresses=refusal.addresses,
+                    reason="resolves to a non-public address",
                 )
-                async with (
-                    asyncio.timeout(self.timeout_s),
-                    self._session.post(
-                        delivery.url, data=body, headers=headers, allow_redirects=False
-                    ) as resp,
-                ):
-                    status = resp.status
-                    retry_after = webhooks.parse_retry_after(resp.headers.get("Retry-After"))
-                    text = await self._read_capped(resp)
-            except Exception as exc:  # whatever went wrong on the way is this attempt's error
-                refusal = _refusal(exc)
-                if status is None:
-                    error = (
-                        f"timed out after {self.timeout_s:g} s"
-                        if isinstance(exc, TimeoutError)
-                        else f"{type(exc).__name__}: {exc}"
-                    )
-                else:  # the status line arrived, the body did not: the status stands
-                    error = f"reading the response: {type(exc).__name__}"
-        if refusal is not None:
-            await self._refused(delivery, started_at, refusal)
-            return
+            else:
+                log.info(
+                    "callback_attempt_failed",
+                    delivery_id=delivery.id,
+                    status=status,
+                    error=error,
+                    detail=f"{type(exc).__name__}: {exc}"[:ERROR_CAP],
+                )
         latency_ms = int((time.monotonic() - started) * 1000)
-        metrics.CALLBACK_LATENCY.observe(latency_ms / 1000)
-        await self._after(delivery, started_at, status, error, retry_after, latency_ms, text)
-        log.debug(
-            "callback_attempted", delivery_id=delivery.id, status=status, latency_ms=latency_ms
+        return _Answer(
+            started_at, status, error, retry_after, latency_ms, text, refusal is not None
         )
+
+    async def _put_back(self, delivery: ClaimedDelivery, full: Full) -> None:
+        """No free slot (the shared cap of the merchant or of the host): due again shortly, not
+        an attempt; this process leaves the full one out of its claims meanwhile."""
+        delay = PUT_BACK_S * random.uniform(0.8, 1.2)
+        key = delivery.merchant_id if full == "merchant" else delivery.host
+        self._full_until[(full, key)] = time.monotonic() + delay
+        put_back = PutBack(delivery.id, delivery.attempts, delay)
+        self.put_backs += 1
+        if not await self._put_backs.record(put_back):
+            log.warning("callback_lease_lost", delivery_id=delivery.id, hint="not put back")
+        log.debug("callback_put_back", delivery_id=delivery.id, full=full, delay_s=round(delay, 3))
 
     @staticmethod
     async def _read_capped(resp: aiohttp.ClientResponse) -> str:
@@ -390,13 +575,15 @@ class CallbackDispatcher:
         retry_after: float | None,
         latency_ms: int | None,
         text: str | None,
+        refused: bool = False,
     ) -> None:
-        """Apply the retry policy to an attempt's answer and record it."""
+        """Apply the retry policy to an attempt's answer and record it. `refused`: the name
+        resolved to an address callbacks may not reach (retried like a failed connection, which
+        is what the merchant sees; counted apart for operators)."""
         outcome = webhooks.classify(status, delivery.attempts, self.schedule, retry_after)
         bound = log.bind(delivery_id=delivery.id, event_id=delivery.event_id, status=status)
-        metrics.CALLBACK_ATTEMPTS.labels(
-            outcome=outcome.verdict if outcome.verdict in ("succeeded", "gone") else "failed"
-        ).inc()
+        attempt_outcome = outcome.verdict if outcome.verdict in ("succeeded", "gone") else "failed"
+        metrics.CALLBACK_ATTEMPTS.labels(outcome="refused" if refused else attempt_outcome).inc()
         dropped = 0
         if outcome.verdict == "gone":
             if delivery.endpoint_id is not None:
@@ -431,7 +618,12 @@ class CallbackDispatcher:
     async def _refused(
         self, delivery: ClaimedDelivery, started_at: datetime, exc: DestinationRefused
     ) -> None:
-        log.warning("callback_destination_refused", delivery_id=delivery.id, reason=str(exc))
+        log.warning(
+            "callback_destination_refused",
+            delivery_id=delivery.id,
+            host=delivery.host,
+            reason=str(exc),
+        )
         metrics.CALLBACK_ATTEMPTS.labels(outcome="refused").inc()
         DELIVERIES.labels(outcome="refused").inc()
         await self._record(delivery, started_at, DeliveryStatus.FAILED, error=f"refused: {exc}")
@@ -449,6 +641,7 @@ class CallbackDispatcher:
     ) -> bool:
         """Record the attempt (batched with others); False when the lease was lost."""
         assert delivery_can(DeliveryStatus.DELIVERING, status), status
+        self.attempts_started += 1
         result = CallbackAttemptResult(
             delivery_id=delivery.id,
             attempt_no=delivery.attempts,
@@ -460,7 +653,7 @@ class CallbackDispatcher:
             latency_ms=latency_ms,
             response_body=body,
         )
-        return await self._recorder.record(result)
+        return await self._results.record(result)
 
     async def update_gauges(self) -> None:
         depth, oldest = await store.due_stats(self.pool)

@@ -224,6 +224,7 @@ def claimed_delivery(row: Row) -> ClaimedDelivery:
         merchant_id=row["merchant_id"],
         endpoint_id=row["endpoint_id"],
         url=row["url"],
+        host=row["host"],
         attempts=row["attempts"],
         body=row["body"],
         request_id=row["request_id"],

@@ -3,12 +3,13 @@ Statements: `sql/webhooks.sql`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from gateway.domain.records import (
     CallbackAttemptResult,
     ClaimedDelivery,
     Delivery,
+    PutBack,
     QueuedDelivery,
     WebhookEndpoint,
 )
@@ -32,6 +33,7 @@ _LIST_DELIVERIES = query("list_deliveries")
 _DELIVERY_STATUS = query("delivery_status")
 _QUEUE_FAILED_DELIVERY = query("queue_failed_delivery")
 _CLAIM_DUE_DELIVERIES = query("claim_due_deliveries")
+_PUT_BACK_DELIVERIES = query("put_back_deliveries")
 _FINISH_CALLBACK_ATTEMPTS = query("finish_callback_attempts")
 _DUE_DELIVERY_STATS = query("due_delivery_stats")
 
@@ -109,33 +111,61 @@ async def queue_failed_delivery(db: Executor, delivery_id: str) -> QueuedDeliver
     return QueuedDelivery(id=row["id"], event_id=row["event_id"])
 
 
+HOST_PATTERN = r"^[a-z][a-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]/?#]*\]|[^:/?#]*)"
+"""A delivery's host, as the claim computes it from the lower-cased URL (the first group): the
+key of the per-host capacity. It only shares capacity out, so it reads the URL as written;
+where a callback may go is `gateway.domain.webhooks.DestinationPolicy`'s to say."""
+
+
 async def claim_due(
     db: Executor,
     limit: int,
-    busy: dict[str, int],
-    per_url: int,
+    *,
+    held_by_merchant: Mapping[str, int],
+    held_by_host: Mapping[str, int],
+    full_merchants: Collection[str],
+    full_hosts: Collection[str],
+    per_merchant: int,
+    per_host: int,
     lease_s: float,
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` due deliveries (pending ones whose time has come, and attempts whose
     lease ran out: their process died) with `FOR UPDATE SKIP LOCKED`, so concurrent dispatchers
-    never take the same row. `busy` is what this dispatcher holds per URL already: no URL ends
-    up with more than `per_url`, and URLs already at `per_url` are not even looked at. An
-    abandoned attempt found here is recorded as such. Each comes with its event's body and
-    request id, and the merchant's sealed webhook secrets (the previous one only while its grace
-    lasts)."""
-    saturated = [url for url, n in busy.items() if n >= per_url]
-    urls = list(busy)
+    never take the same row. `held_by_*` is what this dispatcher holds already: no merchant
+    ends up with more than `per_merchant`, no host with more than `per_host`; the merchants and
+    hosts known to be full (`full_*`) are not even looked at. An abandoned attempt found here
+    is recorded as such. Each comes with its host (`HOST_PATTERN`), its event's body and
+    request id, and the merchant's sealed webhook secrets (the previous one only while its
+    grace lasts)."""
     found = await db.fetch(
         _CLAIM_DUE_DELIVERIES,
         limit,
-        saturated,
-        urls,
-        [busy[u] for u in urls],
-        per_url,
+        list(full_merchants),
+        list(full_hosts),
+        list(held_by_merchant),
+        list(held_by_merchant.values()),
+        list(held_by_host),
+        list(held_by_host.values()),
+        per_merchant,
+        per_host,
         lease_s,
         ABANDONED,
+        HOST_PATTERN,
     )
     return [rows.claimed_delivery(r) for r in found]
+
+
+async def put_back(db: Executor, deliveries: Sequence[PutBack]) -> set[str]:
+    """Deliveries that found no free slot: pending again after their delay, their claim taken
+    back (not counted as an attempt, nothing recorded), if their lease is still held. Returns
+    the ids put back."""
+    found = await db.fetch(
+        _PUT_BACK_DELIVERIES,
+        [d.delivery_id for d in deliveries],
+        [d.attempt_no for d in deliveries],
+        [d.delay_s for d in deliveries],
+    )
+    return {str(r["id"]) for r in found}
 
 
 async def finish_attempts(db: Executor, results: Sequence[CallbackAttemptResult]) -> set[str]:

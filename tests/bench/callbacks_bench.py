@@ -2,7 +2,8 @@
 
 Creates a throw-away database on the local PostgreSQL, inserts --count events, each with one
 delivery due now (spread over --urls receiver URLs), starts a local receiver (its own process)
-and --processes dispatcher processes (each one `CallbackDispatcher`, as in the gateway), then
+and --processes dispatcher processes (each one `CallbackDispatcher`, as in the gateway, sharing
+the --per-merchant and --per-host caps through the local Redis), then
 samples the queue every --sample-s: deliveries done, the rate, the deliveries due and the age of
 the oldest due one (what `gateway_callback_queue_depth` and `gateway_callback_oldest_due_seconds`
 show). Ends when every delivery succeeded; prints deliveries per second, attempt latency, and
@@ -34,6 +35,7 @@ from gateway.store.db import create_pool, migrate
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "gateway_callbacks_bench"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 _INSERT_EVENTS = """
 INSERT INTO events (id, merchant_id, type, payment_id, payload, created_at)
@@ -90,7 +92,11 @@ def receiver_main(port: int, ready: MpEvent, served: Synchronized[int]) -> None:
 
 def dispatcher_main(args: argparse.Namespace, master_key: str, stop: MpEvent) -> None:
     """One gateway's dispatcher, as `gateway serve` runs it (uvloop when installed)."""
+    import redis.asyncio as aioredis
+
     from gateway import logs
+    from gateway.domain.webhooks import DestinationPolicy
+    from gateway.services.callback_slots import SlotLeases
     from gateway.services.callbacks import CallbackDispatcher
 
     logs.configure("warning", True)
@@ -101,15 +107,19 @@ def dispatcher_main(args: argparse.Namespace, master_key: str, stop: MpEvent) ->
 
     async def main() -> None:
         pool = await create_pool(_db_url(DB_NAME), 2, args.concurrency + 4)
+        redis = aioredis.Redis.from_url(REDIS_URL)
+        slots = SlotLeases(
+            redis, args.redis_prefix, per_merchant=args.per_merchant, per_host=args.per_host
+        )
         dispatcher = CallbackDispatcher(
             pool,
             SecretBox(master_key),
+            slots,
             schedule=(5.0, 300.0, 1800.0),
-            allow_private=True,
+            destinations=DestinationPolicy(allow_private=True),
             timeout_s=10.0,
             poll_s=1.0,
             concurrency=args.concurrency,
-            per_url_concurrency=args.per_url,
         )
         done = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(done))
@@ -117,6 +127,7 @@ def dispatcher_main(args: argparse.Namespace, master_key: str, stop: MpEvent) ->
         done.set()
         await task
         await pool.close()
+        await redis.aclose()
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         print(
             f"dispatcher {os.getpid()}: {dispatcher.attempts_started} attempts,"
@@ -218,11 +229,15 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=4, help="distinct receiver URLs")
     parser.add_argument("--processes", type=int, default=1, help="dispatcher processes")
     parser.add_argument("--concurrency", type=int, default=32, help="attempts in flight each")
-    parser.add_argument("--per-url", type=int, default=8, help="attempts in flight per URL")
+    parser.add_argument(
+        "--per-merchant", type=int, default=64, help="attempts in flight for the one merchant"
+    )
+    parser.add_argument("--per-host", type=int, default=64, help="attempts in flight per host")
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--max-s", type=float, default=600.0)
     parser.add_argument("--port", type=int, default=8099, help="the receiver's port")
     args = parser.parse_args()
+    args.redis_prefix = f"bench:callbacks:{os.getpid()}:"  # the run's slots, for every process
 
     ctx = mp.get_context("spawn")
     master_key = generate_master_key()
@@ -251,7 +266,8 @@ def main() -> None:
     print(
         f"\n{args.count} deliveries in {active:.2f} s from the first attempt:"
         f" {args.count / active:.0f} deliveries/s ({args.processes} dispatcher process(es),"
-        f" concurrency {args.concurrency}, {args.per_url} per URL, {args.urls} URL(s));"
+        f" concurrency {args.concurrency}, {args.per_merchant} per merchant,"
+        f" {args.per_host} per host, {args.urls} URL(s));"
         f" the last was delivered {queued:.2f} s after it was queued; oldest due delivery"
         f" peaked at {peak_age:.2f} s (sampled) with {peak_depth} due"
     )

@@ -1,7 +1,9 @@
 """Callback fan-out (API.md §1.6 and §2): one delivery per destination, retries on the schedule,
 410 Gone, Retry-After, manual retry, the delivery log, Standard Webhooks signatures (also both
-of them during a secret rotation), destination safety, lease recovery, and two gateways on one
-database delivering each attempt once. Events come from paying payments on the simulators."""
+of them during a secret rotation), lease recovery, and two gateways on one database delivering
+each attempt once. Events come from paying payments on the simulators. Where callbacks may go:
+test_callback_ssrf.py (and tests/unit/gateway/test_check_url.py); sharing the delivery capacity:
+test_callback_capacity.py."""
 
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -30,11 +31,11 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from gateway.api.context import SERVICES
 from gateway.auth.secretbox import SecretBox
 from gateway.domain import webhooks
-from gateway.services.callbacks import DestinationRefused, check_url
 from gateway.services.webhook_secrets import rotate_webhook_secret
 from gateway.store import webhooks as webhook_store
 from tests.fixtures import MASTER_KEY, REDIS_URL, ROOT, Gateway, start_gateway
-from tests.support import Creds, MerchantClient, free_port, wait_until
+from tests.integration.callback_support import serving
+from tests.support import Creds, MerchantClient, wait_until
 
 SUCCEEDED = "payment.succeeded"
 
@@ -90,13 +91,8 @@ class Hooks:
 @pytest.fixture
 async def hooks() -> AsyncIterator[Hooks]:
     rec = Hooks()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", rec.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
-    rec.base = str(server.make_url("")).rstrip("/")
-    yield rec
-    await server.close()
+    async with serving(rec.handle) as rec.base:
+        yield rec
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -474,7 +470,7 @@ def test_headers_sign_with_every_secret_given() -> None:
     assert headers["webhook-signature"].startswith(webhooks.sign(secrets[0], "evt_1", now, body))
 
 
-# --- the retry policy and destination rules (pure) -------------------------------------------
+# --- the retry policy (pure) ----------------------------------------------------------------
 
 
 def test_classify_the_answers() -> None:
@@ -499,52 +495,6 @@ def test_retry_after_as_an_http_date() -> None:
     assert webhooks.parse_retry_after("Thu, 01 Jan 2026 12:01:30 GMT", now=now) == 90
     assert webhooks.parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) is None
     assert webhooks.parse_retry_after("soon", now=now) is None
-
-
-@pytest.mark.parametrize(
-    ("url", "allowed"),
-    [
-        ("https://203.0.113.9/hook", False),  # documentation range: not global
-        ("https://8.8.8.8/hook", True),
-        ("http://127.0.0.1:8080/hook", False),
-        ("http://[::1]/hook", False),
-        ("http://[::ffff:10.0.0.1]/hook", False),
-        ("http://[64:ff9b::7f00:1]/hook", False),
-        ("http://169.254.169.254/latest/meta-data", False),
-        ("http://100.64.0.1/", False),
-        ("http://shop.example/hook", True),  # names are checked by the resolver, at connect time
-        ("ftp://shop.example/hook", False),
-        ("/relative", False),
-    ],
-)
-def test_destination_rules(url: str, allowed: bool) -> None:
-    if allowed:
-        check_url(url, allow_private=False)
-    else:
-        with pytest.raises(DestinationRefused):
-            check_url(url, allow_private=False)
-    if url.startswith("http"):
-        check_url(url, allow_private=True)
-
-
-async def test_private_destinations_are_refused_by_default(
-    database_url: str, redis_prefix: str, merchant: Creds, hooks: Hooks, db: asyncpg.Pool
-) -> None:
-    gw, server = await start_gateway(database_url, redis_prefix, callback_allow_private=False)
-    try:
-        client = gw.client(merchant)
-        port = hooks.base.rsplit(":", 1)[1]
-        by_name = await subscribe(client, f"http://localhost:{port}/by-name", [SUCCEEDED])
-        await pay(gw, client, notify_url=hooks.url("/by-address"))
-        rows = await settled(db, 2)
-    finally:
-        await gw.http.close()
-        await server.close()
-    assert hooks.hits == []
-    errors = {r["endpoint_id"]: r["last_error"] for r in rows}
-    assert all(r["status"] == "failed" and r["attempts"] == 1 for r in rows)
-    assert errors[None] == "refused: 127.0.0.1 is not a public address"
-    assert errors[by_name] == "refused: localhost resolves to a non-public address"
 
 
 # --- leases and several gateways -------------------------------------------------------------

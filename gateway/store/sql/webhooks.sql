@@ -65,43 +65,57 @@ RETURNING id, event_id;
 -- name: claim_due_deliveries
 -- Lease up to $1 due deliveries: pending ones whose time has come, and attempts whose lease ran
 -- out (their process died), with FOR UPDATE SKIP LOCKED so that dispatchers never take the same
--- row. URLs $2 are saturated (not even looked at); $3/$4 is what this dispatcher holds per URL,
--- and no URL ends up with more than $5. Lease: $6 seconds. An abandoned attempt found here is
--- recorded with error $7. Each row comes with its event's body and request id, and the
--- merchant's sealed webhook secrets (the previous one only while its grace lasts).
+-- row. Merchants $2 and hosts $3 are full (not even looked at); $4/$5 and $6/$7 are what this
+-- dispatcher holds per merchant and per host, and none ends up with more than $8 (merchant) or
+-- $9 (host). A delivery's host is the first group of pattern $12 in its lower-cased URL. Lease:
+-- $10 seconds. An abandoned attempt found here is recorded with error $11. Each row comes with
+-- its host, its event's body and request id, and the merchant's sealed webhook secrets (the
+-- previous one only while its grace lasts).
 WITH expired AS (
-    SELECT id, url, next_attempt_at, locked_until FROM callback_deliveries
-     WHERE status = 'delivering' AND locked_until < now() AND url <> ALL ($2::text[])
-     ORDER BY locked_until
+    SELECT d.id, d.merchant_id, h.host, d.next_attempt_at, d.locked_until
+      FROM callback_deliveries d,
+           LATERAL (SELECT COALESCE(substring(lower(d.url) FROM $12), '') AS host) h
+     WHERE d.status = 'delivering' AND d.locked_until < now()
+       AND d.merchant_id <> ALL ($2::text[]) AND h.host <> ALL ($3::text[])
+     ORDER BY d.locked_until
      LIMIT $1
-     FOR UPDATE SKIP LOCKED
+     FOR UPDATE OF d SKIP LOCKED
 ), due AS (
-    SELECT id, url, next_attempt_at, NULL::timestamptz AS locked_until FROM callback_deliveries
-     WHERE status = 'pending' AND next_attempt_at <= now() AND url <> ALL ($2::text[])
-     ORDER BY next_attempt_at
+    SELECT d.id, d.merchant_id, h.host, d.next_attempt_at, NULL::timestamptz AS locked_until
+      FROM callback_deliveries d,
+           LATERAL (SELECT COALESCE(substring(lower(d.url) FROM $12), '') AS host) h
+     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+       AND d.merchant_id <> ALL ($2::text[]) AND h.host <> ALL ($3::text[])
+     ORDER BY d.next_attempt_at
      LIMIT $1
-     FOR UPDATE SKIP LOCKED
+     FOR UPDATE OF d SKIP LOCKED
 ), candidates AS (
-    SELECT c.*, row_number() OVER (PARTITION BY c.url ORDER BY c.next_attempt_at, c.id) AS rank
+    SELECT c.*,
+           row_number() OVER (PARTITION BY c.merchant_id ORDER BY c.next_attempt_at, c.id)
+               AS merchant_rank,
+           row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id) AS host_rank
       FROM (SELECT * FROM expired UNION ALL SELECT * FROM due) c
 ), picked AS (
-    SELECT c.id, c.locked_until AS lost_lease
+    SELECT c.id, c.host, c.locked_until AS lost_lease
       FROM candidates c
-      LEFT JOIN unnest($3::text[], $4::int[]) AS busy(url, n) ON busy.url = c.url
-     WHERE c.rank <= $5 - COALESCE(busy.n, 0)
+      LEFT JOIN unnest($4::text[], $5::int[]) AS by_merchant(merchant_id, n)
+             ON by_merchant.merchant_id = c.merchant_id
+      LEFT JOIN unnest($6::text[], $7::int[]) AS by_host(host, n) ON by_host.host = c.host
+     WHERE c.merchant_rank <= $8 - COALESCE(by_merchant.n, 0)
+       AND c.host_rank <= $9 - COALESCE(by_host.n, 0)
      ORDER BY c.next_attempt_at
      LIMIT $1
 ), lost AS (
     INSERT INTO callback_attempts (delivery_id, attempted_at, error)
-    SELECT id, lost_lease - make_interval(secs => $6), $7 FROM picked
+    SELECT id, lost_lease - make_interval(secs => $10), $11 FROM picked
      WHERE lost_lease IS NOT NULL
 ), claimed AS (
     UPDATE callback_deliveries d
-       SET status = 'delivering', locked_until = now() + make_interval(secs => $6),
+       SET status = 'delivering', locked_until = now() + make_interval(secs => $10),
            attempts = d.attempts + 1, updated_at = now()
       FROM picked
      WHERE d.id = picked.id
-    RETURNING d.id, d.event_id, d.merchant_id, d.endpoint_id, d.url, d.attempts
+    RETURNING d.id, d.event_id, d.merchant_id, d.endpoint_id, d.url, picked.host, d.attempts
 )
 SELECT c.*, e.payload::text AS body, e.request_id, w.status AS endpoint_status,
        m.webhook_secret_enc AS secret_enc,
@@ -111,6 +125,17 @@ SELECT c.*, e.payload::text AS body, e.request_id, w.status AS endpoint_status,
   JOIN events e ON e.id = c.event_id
   JOIN merchants m ON m.id = c.merchant_id
   LEFT JOIN webhook_endpoints w ON w.id = c.endpoint_id;
+
+-- name: put_back_deliveries
+-- Deliveries $1 (claimed as attempt $2) found no free slot: pending again, due in $3 seconds,
+-- as if never claimed (the claim's attempt is taken back, nothing is recorded). Only while the
+-- lease is still theirs. Returns the ids put back.
+UPDATE callback_deliveries d
+   SET status = 'pending', attempts = d.attempts - 1, locked_until = NULL,
+       next_attempt_at = now() + make_interval(secs => b.delay_s), updated_at = now()
+  FROM unnest($1::text[], $2::int[], $3::float8[]) AS b(id, attempt_no, delay_s)
+ WHERE d.id = b.id AND d.status = 'delivering' AND d.attempts = b.attempt_no
+RETURNING d.id;
 
 -- name: finish_callback_attempts
 -- Record attempts and move their deliveries on, in one statement. A delivery changes only if
